@@ -1,0 +1,83 @@
+"""Sessions are thin: each one hands its arguments to one command of the tools package.
+
+All sessions share one virtualenv (.nox/flagrelease), made once and refreshed when pyproject.toml changes,
+so `nox -s patch` costs no install after the first session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".nox" / "flagrelease"
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["build-cpu"]
+
+
+def _python(session: nox.Session) -> str:
+    """The shared venv's python, with the project installed (editable) and its test extras."""
+    stamp = VENV / ".pyproject.sha256"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    python = VENV / "bin" / "python"
+    if not python.exists() or not stamp.exists() or stamp.read_text() != want:
+        session.log(f"preparing {VENV} (once per pyproject.toml change)")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        session.run(str(python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", external=True)
+        stamp.write_text(want)
+    return str(python)
+
+
+def _tool(session: nox.Session, command: str) -> None:
+    env = {"PYTHONUNBUFFERED": "1"}
+    session.run(_python(session), "-m", "tools", command, *session.posargs, external=True, env=env)
+
+
+@nox.session(name="fetch-source")
+def fetch_source(session: nox.Session) -> None:
+    """Materialise the pristine upstream tree (git or verified sdist) into the cache."""
+    _tool(session, "fetch-source")
+
+
+@nox.session
+def patch(session: nox.Session) -> None:
+    """Apply a vendor's patch stack: nox -s patch -- --vendor nvidia"""
+    _tool(session, "patch")
+
+
+@nox.session
+def unpatch(session: nox.Session) -> None:
+    """Return a vendor workspace to pristine, keeping every edit: nox -s unpatch -- --vendor nvidia"""
+    _tool(session, "unpatch")
+
+
+@nox.session(name="export-patches")
+def export_patches(session: nox.Session) -> None:
+    """Write a workspace's commits back to patches/: nox -s export-patches -- --vendor nvidia"""
+    _tool(session, "export-patches")
+
+
+@nox.session(name="check-patches")
+def check_patches(session: nox.Session) -> None:
+    """Every vendor stack applies on pristine and round-trips byte-identically."""
+    _tool(session, "check-patches")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the project."""
+    session.run(_python(session), "-m", "ruff", "check", ".", external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Lint, then unit and end-to-end tests (starts a Docker engine and a registry when it can)."""
+    python = _python(session)
+    session.run(python, "-m", "ruff", "check", ".", external=True)
+    env = {"PYTHONUNBUFFERED": "1", "CI": os.environ.get("CI", "")}
+    session.run(python, "-m", "pytest", *(session.posargs or ["-q"]), external=True, env=env)
