@@ -69,6 +69,30 @@ def check_patches(session: nox.Session) -> None:
 
 
 @nox.session
+def render(session: nox.Session) -> None:
+    """Write and print the Dockerfile and the plan: nox -s render -- RECIPE"""
+    _tool(session, "render")
+
+
+@nox.session(name="build-cpu")
+def build_cpu(session: nox.Session) -> None:
+    """Build, smoke-serve, op-test (and --push) a cpu recipe: nox -s build-cpu -- tiny-cpu"""
+    _tool(session, "build-cpu")
+
+
+@nox.session(name="build-nvidia")
+def build_nvidia(session: nox.Session) -> None:
+    """Build, validate (and --push) an nvidia recipe: nox -s build-nvidia -- RECIPE"""
+    _tool(session, "build-nvidia")
+
+
+@nox.session(name="build-ascend")
+def build_ascend(session: nox.Session) -> None:
+    """Build, validate (and --push) an ascend recipe: nox -s build-ascend -- RECIPE"""
+    _tool(session, "build-ascend")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the project."""
     session.run(_python(session), "-m", "ruff", "check", ".", external=True)

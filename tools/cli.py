@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-patches": ("tools.patches_cli", "write a workspace's commits back to patches/"),
     "check-patches": ("tools.patches_cli", "prove every vendor stack applies and round-trips"),
     "fetch-source": ("tools.patches_cli", "materialise the pristine upstream tree into the cache"),
+    "render": ("tools.build_cli", "write and print the plan and the Dockerfile for a recipe"),
+    "build-cpu": ("tools.build_cli", "build, validate (and --push) a cpu recipe's image"),
+    "build-nvidia": ("tools.build_cli", "build, validate (and --push) an nvidia recipe's image"),
+    "build-ascend": ("tools.build_cli", "build, validate (and --push) an ascend recipe's image"),
 }
 
 

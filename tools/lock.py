@@ -16,7 +16,9 @@ from tools.validation import to_user_error
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 GitSha = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
-ExactVersion = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]+)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$")]
+ExactVersion = Annotated[
+    str, Field(pattern=r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]+)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$")
+]
 HttpsUrl = Annotated[str, Field(pattern=r"^https://\S+$")]
 Platform = Literal["linux/amd64", "linux/arm64"]
 Vendor = Literal["nvidia", "ascend", "cpu"]
@@ -111,8 +113,9 @@ class VendorPins(Strict):
     torch_index_url: HttpsUrl | None = None
     # Wheels that are not on the index the build uses (the CPU torch lies in a local wheel folder).
     wheelhouse: tuple[LocalWheel, ...] = ()
-    # The upstream binary wheel of exactly the pinned version (fast path).
-    engine_wheel: Wheel
+    # The upstream binary wheel of exactly the pinned version (fast path). None: the patched tree is
+    # always installed from source (Ascend: VLLM_TARGET_DEVICE=empty, pure Python, then vllm-ascend).
+    engine_wheel: Wheel | None = None
     extra_packages: tuple[str, ...] = ()
     torch_npu: ExactVersion | None = None
     vllm_ascend: ExactVersion | None = None
@@ -133,7 +136,7 @@ class Lock(Strict):
         if ascend.torch_npu is None or ascend.vllm_ascend is None:
             raise ValueError("vendors.ascend needs torch_npu and vllm_ascend pins")
         for vendor, pins in self.vendors.items():
-            if pins.engine_wheel.version != self.upstream.version:
+            if pins.engine_wheel and pins.engine_wheel.version != self.upstream.version:
                 raise ValueError(
                     f"vendors.{vendor}.engine_wheel.version {pins.engine_wheel.version} is not the "
                     f"upstream version {self.upstream.version}"

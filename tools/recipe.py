@@ -142,7 +142,8 @@ def load_recipe(name_or_path: str) -> tuple[Recipe, Path]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"recipe is not valid YAML: {getattr(exc, 'problem', exc)}", where=where, fix=fix) from exc
+        problem = getattr(exc, "problem", exc)
+        raise UserError(f"recipe is not valid YAML: {problem}", where=where, fix=fix) from exc
     if not isinstance(data, dict):
         raise UserError("recipe must be a YAML mapping", where=str(path), fix=fix)
     try:

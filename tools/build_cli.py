@@ -1,0 +1,116 @@
+"""`render` and `build-<vendor>`: recipe in, one labelled, validated image out."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+from tools import PROJECT_ROOT, patches, paths
+from tools.console import info, phase
+from tools.errors import UserError
+from tools.lock import VENDORS, LoadedLock, load_lock
+from tools.plan import BuildOptions, BuildPlan, StackRef, make_plan
+from tools.recipe import Recipe, load_recipe
+from tools.render import render_dockerfile
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path to a recipe file")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the Dockerfile, build nothing")
+    parser.add_argument("--base-image", help="use this base image instead of the locked one (mirrors, tests)")
+    parser.add_argument("--platform", action="append", default=[], help="target platform, e.g. linux/arm64")
+    net = parser.add_argument_group("network (proxies, mirrors, corporate CAs)")
+    net.add_argument("--ca-bundle", type=Path,
+                     help="PEM bundle trusted by pip in the build (a BuildKit secret; default: $PIP_CERT, "
+                          "$SSL_CERT_FILE or $REQUESTS_CA_BUNDLE when set)")
+    net.add_argument("--index-url", help="pip index URL (may carry a token: passed as a secret, never logged)")
+    net.add_argument("--extra-index-url", action="append", default=[], help="extra pip index URL (repeatable)")
+    net.add_argument("--wheelhouse", action="append", type=Path, default=[],
+                     help="local wheel folder for wheels no index has (default: $PIP_FIND_LINKS)")
+    if name == "render":
+        return
+    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer, ignore the content key")
+    parser.add_argument("--skip-smoke", metavar="REASON", help="do not smoke-serve the image (recorded)")
+    parser.add_argument("--skip-op-tests", metavar="REASON", help="do not run operator tests (recorded)")
+    parser.add_argument("--push", action="store_true", help="publish after validation passed")
+
+
+def options_from(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        base_image=args.base_image,
+        no_cache=getattr(args, "no_cache", False),
+        platforms=tuple(args.platform),
+        ca_bundle=args.ca_bundle,
+        index_url=args.index_url,
+        extra_index_urls=tuple(args.extra_index_url),
+        wheelhouse=tuple(args.wheelhouse),
+    )
+
+
+def stack_ref(vendor: str) -> StackRef:
+    stack = patches.stack_info(vendor)
+    return StackRef(
+        vendor=stack.vendor,
+        patch_files=tuple((p.relpath, p.sha256) for p in stack.patches),
+        stack_hash=stack.stack_hash,
+        short_id=stack.short_id,
+        touched=tuple(sorted(stack.touched)),
+    )
+
+
+def plan_for(recipe_arg: str, vendor: str | None, options: BuildOptions) -> tuple[BuildPlan, LoadedLock, Recipe, Path]:
+    loaded = load_lock()
+    recipe, recipe_file = load_recipe(recipe_arg)
+    if vendor is not None and recipe.vendor != vendor:
+        raise UserError(
+            f"recipe {recipe.name} is for vendor {recipe.vendor}, not {vendor}",
+            where=f"{recipe_file} -> vendor",
+            fix=f"run `nox -s build-{recipe.vendor} -- {recipe.name}`",
+        )
+    plan = make_plan(loaded, recipe, recipe_file, stack_ref(recipe.vendor), options)
+    return plan, loaded, recipe, recipe_file
+
+
+def _revision() -> str:
+    proc = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def render(recipe_arg: str, options: BuildOptions) -> Path:
+    """Write and print the plan and the Dockerfile (no downloads, no engine needed)."""
+    plan, loaded, _, _ = plan_for(recipe_arg, None, options)
+    out = paths.build_dir() / "rendered" / plan.recipe
+    out.mkdir(parents=True, exist_ok=True)
+    text = render_dockerfile(plan, loaded)
+    (out / "Dockerfile").write_text(text)
+    (out / "plan.json").write_text(plan.to_json() + "\n")
+    print(plan.describe())
+    print()
+    print(text, end="")
+    info(f"wrote {out / 'Dockerfile'} and {out / 'plan.json'}")
+    return out
+
+
+def command(name: str, args: argparse.Namespace) -> int:
+    options = options_from(args)
+    if name == "render":
+        render(args.recipe, options)
+        return 0
+    vendor = name.removeprefix("build-")
+    if vendor not in VENDORS:
+        raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(VENDORS)}")
+    if args.dry_run:
+        plan, loaded, _, _ = plan_for(args.recipe, vendor, options)
+        print(plan.describe())
+        print()
+        print(render_dockerfile(plan, loaded), end="")
+        return 0
+    from tools.pipeline import run_release
+
+    report = run_release(args.recipe, vendor, options, skip_smoke=args.skip_smoke,
+                         skip_op_tests=args.skip_op_tests, push=args.push, revision=_revision())
+    with phase("Summary"):
+        print(report.summary())
+    return 0 if report.ok else 1

@@ -1,0 +1,95 @@
+"""The build sessions' pipeline: plan -> patched source -> context -> image -> validation -> release.
+
+Each stage is its own module; this one only orders them and records what was skipped and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tools import engine, patches, results, source
+from tools.build import BuiltImage, build_image
+from tools.build_cli import plan_for
+from tools.console import info, phase
+from tools.context import prepare_context
+from tools.errors import UserError
+from tools.lock import DebootstrapBase
+from tools.plan import BuildOptions
+
+
+@dataclass
+class ReleaseReport:
+    recipe: str
+    image: BuiltImage | None = None
+    checks: dict[str, str] = field(default_factory=dict)
+    ok: bool = True
+
+    def summary(self) -> str:
+        lines = [f"recipe   {self.recipe}"]
+        if self.image:
+            state = "reused (content key matched)" if self.image.skipped else "built"
+            lines.append(f"image    {self.image.ref} {self.image.image_id[:19]} {state}")
+            lines.append(f"content  {self.image.content_key}")
+        lines += [f"{name:<8} {outcome}" for name, outcome in self.checks.items()]
+        return "\n".join(lines)
+
+
+def _record_skip(image_id: str, kind: results.Kind, reason: str) -> None:
+    results.store(results.StoredResult(kind=kind, image_id=image_id, passed=False, skipped_reason=reason))
+
+
+def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smoke: str | None,
+                skip_op_tests: str | None, push: bool, revision: str) -> ReleaseReport:
+    with phase("Plan"):
+        plan, loaded, recipe, recipe_file = plan_for(recipe_arg, vendor, options)
+        print(plan.describe())
+    report = ReleaseReport(recipe=recipe.name)
+
+    with phase("Host: Docker engine, BuildKit, base image"):
+        facts = engine.ensure_engine()
+        info(f"  engine {facts.server_version}; {facts.buildx_version}")
+        base = loaded.lock.vendors[vendor].base
+        if not plan.base_overridden and isinstance(base, DebootstrapBase):
+            engine.ensure_debootstrap_base(base)
+
+    with phase("Patched source"):
+        pristine = source.fetch_source(loaded.lock)
+        patched = patches.patched_tree(vendor)
+        stamp = patches.stamp_module_text(patches.stack_info(vendor))
+
+    with phase("Build context"):
+        ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
+                              stamp_text=stamp)
+        info(f"  {ctx.directory} ({ctx.plan.install_mode}); content key {ctx.content_key[:12]}")
+
+    with phase(f"Image build ({ctx.plan.install_mode})"):
+        image = build_image(ctx, options, revision=revision)
+    report.image = image
+
+    if skip_smoke:
+        _record_skip(image.image_id, "smoke", skip_smoke)
+        report.checks["smoke"] = f"skipped: {skip_smoke}"
+    else:
+        from tools.smoke import smoke
+
+        smoke_report = smoke(recipe, image.ref)
+        report.checks["smoke"] = "passed" if smoke_report.passed else "FAILED"
+        report.ok &= smoke_report.passed
+    if skip_op_tests:
+        _record_skip(image.image_id, "op-tests", skip_op_tests)
+        report.checks["op-tests"] = f"skipped: {skip_op_tests}"
+    else:
+        from tools.optests_cli import run_op_tests
+
+        op_ok = run_op_tests(recipe, image=image.ref)
+        report.checks["op-tests"] = "passed" if op_ok else "FAILED"
+        report.ok &= op_ok
+
+    if push:
+        if not report.ok:
+            raise UserError("validation failed: nothing was pushed", fix="fix the failures above and rebuild")
+        from tools.publish import publish
+
+        record = publish(recipe, image.ref)
+        report.checks["publish"] = f"pushed: {record}"
+    return report
