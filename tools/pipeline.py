@@ -5,6 +5,7 @@ Each stage is its own module; this one only orders them and records what was ski
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from tools import engine, patches, results, source
@@ -39,7 +40,7 @@ def _record_skip(image_id: str, kind: results.Kind, reason: str) -> None:
 
 
 def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smoke: str | None,
-                skip_op_tests: str | None, push: bool, revision: str) -> ReleaseReport:
+                skip_op_tests: str | None, push: bool, local_registry: bool, revision: str) -> ReleaseReport:
     with phase("Plan"):
         plan, loaded, recipe, recipe_file = plan_for(recipe_arg, vendor, options)
         print(plan.describe())
@@ -89,6 +90,11 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         if not report.ok:
             raise UserError("validation failed: nothing was pushed", fix="fix the failures above and rebuild")
         from tools.publish import publish
+
+        if local_registry:
+            from tools.local_registry import ensure_local_registry
+
+            os.environ.update(ensure_local_registry().env())
 
         record = publish(recipe, image.ref)
         report.checks["publish"] = f"pushed: {record}"

@@ -1,0 +1,76 @@
+"""Golden render tests: one per vendor, against a fixed stack so patch edits do not churn them.
+
+Regenerate after an intended template change: UPDATE_GOLDEN=1 pytest tests/test_render.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tools.lock import load_lock
+from tools.plan import BuildOptions, StackRef, choose_install, make_plan
+from tools.recipe import load_recipe
+from tools.render import render_dockerfile
+
+GOLDEN = Path(__file__).parent / "golden"
+RECIPES = {"cpu": "tiny-cpu", "nvidia": "robobrain2-7b-fp8dynamic-nvidia", "ascend": "robobrain2-32b-ascend"}
+
+
+def fixed_stack(vendor: str, touched=("vllm/entrypoints/serve/instrumentator/basic.py",)) -> StackRef:
+    return StackRef(vendor=vendor, patch_files=(("vllm/common/0001-x.patch", "0" * 64),),
+                    stack_hash="f" * 64, short_id="ffffffffffff", touched=tuple(touched))
+
+
+def _render(vendor: str, options: BuildOptions | None = None) -> str:
+    options = options or BuildOptions()
+    loaded = load_lock()
+    recipe, path = load_recipe(RECIPES[vendor])
+    plan = make_plan(loaded, recipe, path, fixed_stack(vendor), options)
+    return render_dockerfile(plan, loaded)
+
+
+@pytest.mark.parametrize("vendor", sorted(RECIPES))
+def test_golden(vendor):
+    text = _render(vendor)
+    golden = GOLDEN / f"Dockerfile.{vendor}"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"rendered Dockerfile for {vendor} changed; see {golden}"
+
+
+@pytest.mark.parametrize("vendor", sorted(RECIPES))
+def test_invariants(vendor):
+    text = _render(vendor)
+    assert "# syntax=" not in text  # would make BuildKit pull a frontend image
+    assert "ARG " not in text  # no build args: secrets travel as BuildKit secrets only
+    assert "COPY wheelhouse" not in text  # the wheelhouse is bind-mounted, never a layer
+    lines = text.splitlines()
+    order = [next(i for i, line in enumerate(lines) if marker in line)
+             for marker in ("--- torch stack", "--- FlagGems", "--- engine", "--- prove the patched")]
+    assert order == sorted(order), "layer order must serve the cache"
+
+
+def test_base_image_override_is_used():
+    assert "FROM local/stand-in:1\n" in _render("nvidia", BuildOptions(base_image="local/stand-in:1"))
+
+
+def test_recipe_text_is_data_not_template(tmp_path):
+    loaded = load_lock()
+    recipe, path = load_recipe("tiny-cpu")
+    hostile = recipe.model_copy(update={"name": "x{{7*7}}"})
+    plan = make_plan(loaded, hostile, path, fixed_stack("cpu"), BuildOptions())
+    text = render_dockerfile(plan, loaded)
+    assert "x{{7*7}}" in text and "x49" not in text
+
+
+def test_install_choice():
+    pins = load_lock().lock.vendors["cpu"]
+    mode, _ = choose_install(pins, fixed_stack("cpu"))
+    assert mode == "wheel-overlay"
+    mode, why = choose_install(pins, fixed_stack("cpu", touched=("csrc/foo.cu", "vllm/x.py")))
+    assert mode == "source" and "csrc/foo.cu" in why
+    ascend = load_lock().lock.vendors["ascend"]
+    assert choose_install(ascend, fixed_stack("ascend"))[0] == "source"
