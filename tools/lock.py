@@ -14,7 +14,9 @@ from tools.errors import UserError
 from tools.validation import to_user_error
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-GitSha = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
+# A full SHA where it is known; at least the 9 hex digits the sdist records (vllm/_version.py commit_id)
+# otherwise. Both the git and the sdist fetch check the tree against it.
+GitSha = Annotated[str, Field(pattern=r"^[0-9a-f]{9}([0-9a-f]{31})?$")]
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 ExactVersion = Annotated[
     str, Field(pattern=r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]+)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$")

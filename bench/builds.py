@@ -1,0 +1,120 @@
+"""Build benchmark, cpu recipe, one run, side by side:
+
+  cold build          BuildKit cache pruned (layers and pip cache mounts), our context
+  no-op rebuild       same inputs again: the content key short-cuts the build
+  one-patch rebuild   a one-line change in one patch: only the overlay and the stamp check rebuild
+  plain docker build  the same rendered Dockerfile, whole patched source tree (+ wheels) as context
+
+Usage: python bench/builds.py [--keep-cache]   (--keep-cache: skip the prune, "cold" is then warm)
+Goals: no-op under 2 s; one-patch rebuild under 10% of the cold build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import PROJECT_ROOT, engine, patches, source  # noqa: E402
+from tools.build import build_image  # noqa: E402
+from tools.build_cli import plan_for  # noqa: E402
+from tools.context import prepare_context  # noqa: E402
+from tools.lock import DebootstrapBase  # noqa: E402
+from tools.plan import BuildOptions  # noqa: E402
+
+
+def one_build(options: BuildOptions) -> tuple[float, object, object]:
+    start = time.monotonic()
+    plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", options)
+    pristine = source.fetch_source(loaded.lock)
+    patched = patches.patched_tree("cpu")
+    stamp = patches.stamp_module_text(patches.stack_info("cpu"))
+    ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
+                          stamp_text=stamp)
+    image = build_image(ctx, options, revision="bench")
+    return time.monotonic() - start, ctx, image
+
+
+def edit_one_patch(patch_root: Path) -> Path:
+    """Append a comment line to the first hunk's added lines of the last common patch."""
+    candidates = sorted((patch_root / "vllm" / "common").glob("*.patch"))
+    target = candidates[-1]
+    lines = target.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("+") and not line.startswith("+++") and line.strip() not in {"+"}:
+            indent = line[1:len(line) - len(line[1:].lstrip())]
+            lines.insert(i + 1, f"+{indent}# bench: one-line change\n")
+            break
+    # hunk header counts must follow the extra line
+    for j in range(i, -1, -1):
+        if lines[j].startswith("@@"):
+            head = lines[j]
+            old, new = head.split(" ")[1], head.split(" ")[2]
+            start, _, count = new[1:].partition(",")
+            lines[j] = head.replace(new, f"+{start},{int(count or 1) + 1}", 1)
+            break
+    target.write_text("".join(lines))
+    return target
+
+
+def plain_docker_build(ctx, patched: Path) -> float:
+    with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
+        context = Path(tmp) / "ctx"
+        shutil.copytree(patched, context, ignore=shutil.ignore_patterns(".git"), symlinks=True)
+        for part in ("wheelhouse", "overlay"):
+            shutil.copytree(ctx.directory / part, context / part)
+        shutil.copy2(ctx.dockerfile, context / "Dockerfile")
+        ca = os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+        cmd = ["docker", "build", "--network", "host", "--secret", f"id=cacert,src={ca}", "-t",
+               "flagrelease-bench/plain:latest", str(context)]
+        start = time.monotonic()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        return time.monotonic() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-cache", action="store_true")
+    args = parser.parse_args()
+    engine.ensure_engine()
+    work = Path(tempfile.mkdtemp(prefix="bench-builds-"))
+    os.environ["FLAGREL_BUILD"] = str(work / "build")
+    os.environ["FLAGREL_PATCHES"] = str(work / "patches")
+    shutil.copytree(PROJECT_ROOT / "patches", work / "patches")
+    _, loaded, _, _ = plan_for("tiny-cpu", "cpu", BuildOptions())
+    base = loaded.lock.vendors["cpu"].base
+    assert isinstance(base, DebootstrapBase)
+    engine.ensure_debootstrap_base(base)
+    if not args.keep_cache:
+        subprocess.run(["docker", "builder", "prune", "-af"], check=True, capture_output=True)
+    rows: list[tuple[str, float]] = []
+    cold, ctx, _ = one_build(BuildOptions(no_cache=True))
+    rows.append(("cold build" + (" (cache kept)" if args.keep_cache else ""), cold))
+    noop, _, image = one_build(BuildOptions())
+    assert image.skipped
+    rows.append(("no-op rebuild", noop))
+    edit_one_patch(work / "patches")
+    one, ctx2, image2 = one_build(BuildOptions())
+    assert not image2.skipped
+    rows.append(("one-patch rebuild", one))
+    plain = plain_docker_build(ctx2, patches.patched_tree("cpu"))
+    rows.append(("plain docker build, whole tree context (warm cache)", plain))
+    print(f"\n{'case':<55} {'seconds':>9} {'vs cold':>9}")
+    for name, seconds in rows:
+        print(f"{name:<55} {seconds:9.2f} {seconds / cold:9.3f}")
+    print(f"\nno-op goal < 2 s: {'met' if noop < 2 else 'MISSED'}; "
+          f"one-patch goal < 10% of cold: {'met' if one < 0.1 * cold else 'MISSED'} ({one / cold:.1%})")
+    print(f"one-patch rebuild vs plain docker build of the same change: {plain / one:.1f}x faster")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
