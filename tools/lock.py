@@ -77,11 +77,19 @@ class RegistryBase(Strict):
 
     kind: Literal["registry"] = "registry"
     image: str
-    digest: Digest
+    digest: Digest | None = None
+    # Where no digest could be read yet: why. A build then refuses unless --base-image names one.
+    unresolved: str | None = None
+
+    @model_validator(mode="after")
+    def _digest_or_reason(self) -> RegistryBase:
+        if (self.digest is None) == (self.unresolved is None):
+            raise ValueError("give exactly one of digest (sha256:...) or unresolved (why there is none yet)")
+        return self
 
     @property
     def ref(self) -> str:
-        return f"{self.image}@{self.digest}"
+        return f"{self.image}@{self.digest}" if self.digest else self.image
 
 
 class DebootstrapBase(Strict):

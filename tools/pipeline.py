@@ -45,6 +45,10 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         plan, loaded, recipe, recipe_file = plan_for(recipe_arg, vendor, options)
         print(plan.describe())
     report = ReleaseReport(recipe=recipe.name)
+    if plan.base_unpinned:
+        raise UserError(f"the {vendor} base image {plan.base_ref} has no digest in the lock",
+                        where=f"versions.lock -> vendors.{vendor}.base",
+                        fix=f"{plan.base_unpinned.strip()} (or pass --base-image REF@sha256:...)")
 
     with phase("Host: Docker engine, BuildKit, base image"):
         facts = engine.ensure_engine()

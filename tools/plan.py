@@ -59,6 +59,8 @@ class BuildPlan:
     vllm_commit: str
     base_ref: str
     base_overridden: bool
+    # why the locked base has no digest yet (None: pinned, or overridden by --base-image)
+    base_unpinned: str | None
     platforms: tuple[Platform, ...]
     python: str
     torch: str
@@ -77,6 +79,7 @@ class BuildPlan:
             f"vendor        {self.vendor}",
             f"vLLM          {self.vllm_version} @ {self.vllm_commit[:12]}",
             f"base image    {self.base_ref}{'  (overridden by --base-image)' if self.base_overridden else ''}",
+            *([f"              NOT PINNED BY DIGEST: {self.base_unpinned}"] if self.base_unpinned else []),
             f"platforms     {', '.join(self.platforms)}",
             f"python/torch  {self.python} / {self.torch}",
             f"FlagGems      {self.flaggems_version}",
@@ -145,6 +148,7 @@ def make_plan(loaded: LoadedLock, recipe: Recipe, recipe_file: Path, stack: Stac
         vllm_commit=lock.upstream.git_commit,
         base_ref=options.base_image or pins.base.ref,
         base_overridden=options.base_image is not None,
+        base_unpinned=None if options.base_image else getattr(pins.base, "unresolved", None),
         platforms=tuple(platforms),
         python=pins.python,
         torch=pins.torch,
