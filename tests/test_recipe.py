@@ -31,7 +31,7 @@ def _write(tmp_path: Path, text: str, name: str = "bad") -> str:
 
 def test_unknown_key_named_with_file(tmp_path):
     good = (Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml").read_text()
-    path = _write(tmp_path, good.replace("name: tiny-cpu", "name: bad\nflavor: x"))
+    path = _write(tmp_path, good.replace("\nname: tiny-cpu", "\nname: bad\nflavor: x", 1))
     with pytest.raises(UserError) as info:
         load_recipe(path)
     text = info.value.render()
@@ -40,7 +40,7 @@ def test_unknown_key_named_with_file(tmp_path):
 
 def test_reserved_engine_arg(tmp_path):
     good = (Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml").read_text()
-    path = _write(tmp_path, good.replace("name: tiny-cpu", "name: bad").replace(
+    path = _write(tmp_path, good.replace("\nname: tiny-cpu", "\nname: bad", 1).replace(
         "max_model_len: 256", "max_model_len: 256\n    port: 1"))
     with pytest.raises(UserError, match="serve.engine_args"):
         load_recipe(path)
