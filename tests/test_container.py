@@ -1,0 +1,131 @@
+"""running_container against a real Docker engine: the container is gone on every exit path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tools import PROJECT_ROOT
+from tools.container import (
+    ImageNotFound,
+    image_exists,
+    image_id,
+    image_labels,
+    leftover_containers,
+    running_container,
+)
+from tools.errors import UserError
+
+pytestmark = pytest.mark.docker
+
+TEST_IMAGE = "flagrelease-test/debian:12"
+# Images with a Debian userland and python3 that may already be here: ours, then the build's base.
+CANDIDATES = (os.environ.get("FLAGREL_TEST_BASE_IMAGE", ""), TEST_IMAGE, "flagrelease-base/debian:bookworm-minbase")
+ROOTFS = Path("/tmp/rootfs")
+
+
+@pytest.fixture(scope="module")
+def debian_image(docker_engine: object) -> str:
+    """A local Debian image (no registry to pull from): an existing one, or imported from a rootfs."""
+    for ref in filter(None, CANDIDATES):
+        if image_exists(ref):
+            return ref
+    if not (ROOTFS / "usr/bin/python3").exists():
+        pytest.skip(f"no Debian test image ({', '.join(filter(None, CANDIDATES))}) and no rootfs at {ROOTFS}")
+    tar = subprocess.Popen(["tar", "-C", str(ROOTFS), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "-", TEST_IMAGE], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
+    assert tar.wait() == 0
+    return TEST_IMAGE
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"frtest-{uuid.uuid4().hex[:8]}"
+
+
+def _wait_exit(container, timeout: float = 20) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = container.exit_code()
+        if code is not None:
+            return code
+        time.sleep(0.2)
+    return None
+
+
+def test_removed_after_normal_exit(debian_image: str, prefix: str) -> None:
+    with running_container(debian_image, ["sleep", "60"], name_prefix=prefix, env={"GREETING": "hi there"}) as c:
+        assert c.name.startswith(prefix) and c.id
+        assert c.is_running() and c.exit_code() is None
+        assert leftover_containers(prefix) == [c.name]
+        out = c.exec(["sh", "-c", "echo $GREETING"])
+        assert out.returncode == 0 and out.stdout.strip() == "hi there"
+    assert leftover_containers(prefix) == []
+
+
+def test_removed_after_exception(debian_image: str, prefix: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with running_container(debian_image, ["sleep", "60"], name_prefix=prefix):
+            assert leftover_containers(prefix)
+            raise RuntimeError("boom")
+    assert leftover_containers(prefix) == []
+
+
+def test_crash_log_tail_and_exit_code(debian_image: str, prefix: str, tmp_path: Path) -> None:
+    # the pause keeps docker's separate stdout/stderr copies from racing each other into the log
+    script = "for i in $(seq 1 50); do echo line-$i; done; sleep 0.5; echo oops >&2; exit 3"
+    with running_container(debian_image, ["-c", script], name_prefix=prefix, entrypoint="sh") as c:
+        assert _wait_exit(c) == 3
+        state = c.state()
+        assert state.status == "exited" and not state.running
+        tail = c.log_tail(5)
+        assert tail == ["line-47", "line-48", "line-49", "line-50", "oops"]
+        saved = c.save_logs(tmp_path / "c.log").read_text()
+        assert saved.count("line-") == 50
+    assert leftover_containers(prefix) == []
+
+
+def test_failed_start_is_a_user_error_and_leaves_nothing(debian_image: str, prefix: str) -> None:
+    # docker creates the container, then cannot start it: the half-made container must go too
+    with pytest.raises(UserError, match="docker run"):
+        with running_container(debian_image, [], name_prefix=prefix, entrypoint="/no/such/binary"):
+            pytest.fail("should not get here")
+    assert leftover_containers(prefix) == []
+
+
+def test_ctrl_c_removes_the_container(debian_image: str, prefix: str) -> None:
+    code = (
+        "import sys, time\n"
+        "from tools.container import running_container\n"
+        "with running_container(sys.argv[1], ['sleep', '60'], name_prefix=sys.argv[2]):\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, debian_image, prefix], cwd=PROJECT_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+        assert leftover_containers(prefix)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+        assert "KeyboardInterrupt" in err
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert leftover_containers(prefix) == []
+
+
+def test_image_helpers(debian_image: str) -> None:
+    assert image_id(debian_image).startswith("sha256:")
+    assert isinstance(image_labels(debian_image), dict)
+    with pytest.raises(ImageNotFound, match="not in the local Docker engine"):
+        image_id("flagrelease-test/no-such-image:nope")
+    with pytest.raises(ImageNotFound):
+        image_labels("flagrelease-test/no-such-image:nope")
