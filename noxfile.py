@@ -93,6 +93,12 @@ def build_ascend(session: nox.Session) -> None:
 
 
 @nox.session
+def smoke(session: nox.Session) -> None:
+    """Smoke-serve a built image: nox -s smoke -- tiny-cpu [--image REF] [--port P] [--timeout S]"""
+    _tool(session, "smoke")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the project."""
     session.run(_python(session), "-m", "ruff", "check", ".", external=True)

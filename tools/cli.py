@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-cpu": ("tools.build_cli", "build, validate (and --push) a cpu recipe's image"),
     "build-nvidia": ("tools.build_cli", "build, validate (and --push) an nvidia recipe's image"),
     "build-ascend": ("tools.build_cli", "build, validate (and --push) an ascend recipe's image"),
+    "smoke": ("tools.smoke_cli", "serve a built image and check it through the OpenAI API"),
 }
 
 
