@@ -99,6 +99,12 @@ def smoke(session: nox.Session) -> None:
 
 
 @nox.session
+def publish(session: nox.Session) -> None:
+    """Push a validated image, verify digests, write record + card: nox -s publish -- RECIPE [--dry-run]"""
+    _tool(session, "publish")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the project."""
     session.run(_python(session), "-m", "ruff", "check", ".", external=True)

@@ -1,0 +1,484 @@
+"""Publishing: the results gate, credentials, retries, and real pushes to a real authenticated registry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from registry import RegistryServer, docker_cli, make_image, registry_server, remove_image  # noqa: F401
+
+from tools import labels as L
+from tools import publish as pub
+from tools import results
+from tools.errors import UserError
+from tools.lock import load_lock
+from tools.publish import LocalImage, PublishOptions, publish
+from tools.recipe import load_recipe
+from tools.record import load_record, release_dir
+from tools.registry_auth import (
+    Credentials,
+    RegistryClient,
+    TransientError,
+    classify,
+    credentials_from_docker_config,
+    find_credentials,
+    with_retries,
+)
+from tools.tags import Target
+
+FAST = PublishOptions(retries=2, backoff_s=0.05)
+
+
+@pytest.fixture
+def isolated(build_dir, tmp_path, monkeypatch):
+    """No credentials, registry or docker config from the host leak into a test."""
+    for var in ("FLAGREL_REGISTRY", "FLAGREL_NAMESPACE", "FLAGREL_REGISTRY_USER", "FLAGREL_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config))
+    monkeypatch.setenv("FLAGREL_CONFIG", str(tmp_path / "absent.toml"))
+    # each test its own repository: tests never see each other's tags in the shared registry
+    monkeypatch.setenv("FLAGREL_NAMESPACE", "t" + secrets.token_hex(4))
+    return build_dir
+
+
+def _labels(content_key: str) -> dict[str, str]:
+    loaded = load_lock()
+    try:
+        from tools import patches
+
+        stack = patches.stack_info("cpu")
+        stack_hash, stack_id = stack.stack_hash, stack.short_id
+    except Exception:  # noqa: BLE001 - a missing stack only changes what the record lists
+        stack_hash, stack_id = "0" * 64, "0" * 12
+    return {
+        L.RECIPE: "tiny-cpu", L.VENDOR: "cpu", L.CONTENT_KEY: content_key,
+        L.VLLM_VERSION: loaded.lock.upstream.version, L.VLLM_COMMIT: loaded.lock.upstream.git_commit,
+        L.FLAGGEMS_VERSION: loaded.lock.flaggems.version, L.LOCK_HASH: loaded.sha256,
+        L.STACK_HASH: stack_hash, L.STACK_ID: stack_id, L.INSTALL_MODE: "wheel-overlay", L.REVISION: "test",
+    }
+
+
+def _store(image_id: str, smoke: bool | str = True, op_tests: bool | str = True) -> None:
+    """True: passed; False: failed; a string: skipped with that reason."""
+    for kind, outcome in (("smoke", smoke), ("op-tests", op_tests)):
+        if outcome is None:
+            continue
+        skipped = outcome if isinstance(outcome, str) else None
+        results.store(results.StoredResult(kind=kind, image_id=image_id, passed=outcome is True,
+                                           skipped_reason=skipped, report=f"/reports/{kind}.json"))
+
+
+# -- the gate (no docker) ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_image(isolated, monkeypatch):
+    image = LocalImage(ref="flagrelease-local/tiny-cpu:latest", image_id="sha256:" + "a" * 64,
+                       labels=_labels("b" * 64), repo_digests=())
+    monkeypatch.setattr(pub, "inspect_image", lambda ref: image)
+    monkeypatch.setenv("FLAGREL_REGISTRY", "registry.example.com")
+    return image
+
+
+def _refusal(image_ref: str = "flagrelease-local/tiny-cpu:latest") -> str:
+    recipe, _ = load_recipe("tiny-cpu")
+    with pytest.raises(UserError) as info:
+        publish(recipe, image_ref, PublishOptions(dry_run=True))
+    return info.value.render()
+
+
+def test_untested_image_is_refused(fake_image):
+    text = _refusal()
+    assert "refusing to publish" in text and "no stored smoke result" in text and "no stored op-tests" in text
+
+
+def test_failed_image_is_refused(fake_image):
+    _store(fake_image.image_id, smoke=True, op_tests=False)
+    text = _refusal()
+    assert "op-tests FAILED" in text and "smoke" not in text.split("fix:")[0].replace("stored results", "")
+
+
+@pytest.mark.parametrize(("kind", "flag"), [("smoke", "--skip-smoke"), ("op-tests", "--skip-op-tests")])
+def test_skipped_check_is_refused_naming_the_flag(fake_image, kind, flag):
+    outcomes = {"smoke": True, "op_tests": True}
+    outcomes["op_tests" if kind == "op-tests" else "smoke"] = "no GPU on this host"
+    _store(fake_image.image_id, **outcomes)
+    text = _refusal()
+    assert f"{kind} was skipped with {flag} ('no GPU on this host')" in text
+    assert f"rebuild without {flag}" in text
+
+
+def test_results_of_another_image_do_not_count(fake_image):
+    _store("sha256:" + "c" * 64)
+    assert "no stored smoke result" in _refusal()
+
+
+def test_image_of_another_recipe_is_refused(fake_image, monkeypatch):
+    _store(fake_image.image_id)
+    recipe, _ = load_recipe("robobrain2-7b-fp8dynamic-nvidia")
+    with pytest.raises(UserError, match="built for recipe 'tiny-cpu'"):
+        publish(recipe, "x", PublishOptions(dry_run=True))
+
+
+def test_dry_run_of_a_validated_image_names_the_tags_and_writes_nothing(fake_image, isolated):
+    _store(fake_image.image_id)
+    recipe, _ = load_recipe("tiny-cpu")
+    record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True))
+    assert record.dry_run and record.digest is None
+    assert [t.action for t in record.tags] == ["would-push", "would-push"]
+    assert record.tags[0].tag == f"tiny-cpu-cpu-{load_lock().lock.upstream.version}-bbbbbbbbbbbb"
+    assert not (isolated / "releases").exists()
+
+
+# -- credentials and retries (no docker) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("received unexpected HTTP status: 503 Service Unavailable", "transient"),
+    ("read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer", "transient"),
+    ("Put http://r/v2/x/blobs/uploads/: EOF", "transient"),
+    ("no basic auth credentials", "auth"),
+    ("unauthorized: authentication required", "auth"),
+    ("denied: requested access to the resource is denied", "auth"),
+    ("tag does not exist: x", "other"),
+])
+def test_classify_registry_errors(text, kind):
+    assert classify(text) == kind
+
+
+def test_transient_errors_are_retried_with_backoff_auth_errors_are_not():
+    calls: list[float] = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise TransientError("HTTP 503")
+        return "ok"
+
+    assert with_retries(flaky, what="x", retries=3, backoff_s=0.05,
+                        is_transient=lambda e: isinstance(e, TransientError)) == "ok"
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1  # exponential
+    calls.clear()
+
+    def denied() -> str:
+        calls.append(0)
+        raise UserError("refused")
+
+    with pytest.raises(UserError):
+        with_retries(denied, what="x", retries=3, backoff_s=0.05, is_transient=lambda e: isinstance(e, TransientError))
+    assert len(calls) == 1
+
+
+def test_docker_push_retries_5xx_but_not_auth(isolated, monkeypatch):
+    outputs = ["received unexpected HTTP status: 502 Bad Gateway", "connection reset by peer",
+               "latest: digest: sha256:" + "e" * 64 + " size: 528"]
+    seen: list[list[str]] = []
+
+    def fake_docker(cmd, env, log, timeout):
+        seen.append(cmd)
+        out = outputs[len(seen) - 1]
+        return (0 if "digest:" in out else 1), out
+
+    monkeypatch.setattr(pub, "_docker", fake_docker)
+    log = pub._PushLog("tiny-cpu", None)
+    assert pub.push("r/x:latest", {}, log, FAST) == "sha256:" + "e" * 64
+    assert len(seen) == 3
+    outputs[:] = ["unauthorized: authentication required"]
+    seen.clear()
+    with pytest.raises(UserError, match="refused the push"):
+        pub.push("r/x:latest", {}, log, FAST)
+    assert len(seen) == 1
+
+
+def test_credentials_from_env_or_docker_config(isolated, monkeypatch, tmp_path):
+    assert find_credentials("127.0.0.1:5000") is None
+    config = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    auth = base64.b64encode(b"alice:s3cret:with:colons").decode()
+    config.write_text(json.dumps({"auths": {"127.0.0.1:5000": {"auth": auth}}}))
+    creds = credentials_from_docker_config("127.0.0.1:5000")
+    assert creds and (creds.username, creds.password, creds.from_env) == ("alice", "s3cret:with:colons", False)
+    assert "s3cret" not in repr(creds)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", "bob")
+    with pytest.raises(UserError, match="FLAGREL_REGISTRY_PASSWORD is not set"):
+        find_credentials("127.0.0.1:5000")
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", "pw")
+    creds = find_credentials("127.0.0.1:5000")
+    assert creds and creds.from_env and creds.username == "bob"
+
+
+class _FakeRegistry(BaseHTTPRequestHandler):
+    """A scripted v2 endpoint: each request pops the next (status, headers, body) from `script`."""
+
+    script: list[tuple[int, dict[str, str], bytes]] = []
+    seen: list[tuple[str, str, str | None]] = []
+
+    def _answer(self) -> None:
+        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/token"):
+            good = "Basic " + base64.b64encode(b"u:p").decode()
+            ok = self.headers.get("Authorization") == good
+            body = json.dumps({"token": "tok"}).encode() if ok else b"{}"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        status, headers, body = type(self).script.pop(0)
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value.replace("PORT", str(self.server.server_address[1])))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = _answer  # noqa: N815 - http.server's naming
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_registry():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRegistry)
+    _FakeRegistry.script, _FakeRegistry.seen = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _client(address: str, creds: Credentials | None, retries: int = 3) -> RegistryClient:
+    return RegistryClient(Target(address, "ns", "img"), creds, retries=retries, backoff_s=0.01, timeout_s=5)
+
+
+DIGEST = "sha256:" + "f" * 64
+
+
+def test_registry_queries_retry_5xx(fake_registry):
+    _FakeRegistry.script = [(503, {}, b""), (502, {}, b""), (200, {"Docker-Content-Digest": DIGEST}, b"")]
+    assert _client(fake_registry, None).manifest_digest("ns/img", "t") == DIGEST
+    assert len(_FakeRegistry.seen) == 3
+    _FakeRegistry.script = [(404, {}, b"")]
+    assert _client(fake_registry, None).manifest_digest("ns/img", "absent") is None
+
+
+def test_registry_wanting_credentials_we_lack_says_so(fake_registry):
+    _FakeRegistry.script = [(401, {"WWW-Authenticate": 'Basic realm="r"'}, b"")]
+    with pytest.raises(UserError) as info:
+        _client(fake_registry, None).check_access("ns/img")
+    assert "needs credentials and none were found" in info.value.render()
+    assert "FLAGREL_REGISTRY_USER" in info.value.render()
+
+
+def test_basic_auth_answer_and_rejection_without_retries(fake_registry):
+    creds = Credentials("u", "p")
+    _FakeRegistry.script = [(401, {"WWW-Authenticate": 'Basic realm="r"'}, b""),
+                            (200, {"Docker-Content-Digest": DIGEST}, b"")]
+    assert _client(fake_registry, creds).manifest_digest("ns/img", "t") == DIGEST
+    assert _FakeRegistry.seen[-1][2] == "Basic " + base64.b64encode(b"u:p").decode()
+    _FakeRegistry.seen.clear()
+    _FakeRegistry.script = [(401, {"WWW-Authenticate": 'Basic realm="r"'}, b""),
+                            (401, {"WWW-Authenticate": 'Basic realm="r"'}, b"")]
+    with pytest.raises(UserError, match="refused the credentials"):
+        _client(fake_registry, Credentials("u", "wrong"), retries=5).manifest_digest("ns/img", "t")
+    assert len(_FakeRegistry.seen) == 2  # one challenge, one answer, no retries
+
+
+def test_bearer_token_flow(fake_registry):
+    challenge = 'Bearer realm="http://127.0.0.1:PORT/token",service="reg",scope="repository:ns/img:pull"'
+    _FakeRegistry.script = [(401, {"WWW-Authenticate": challenge}, b""),
+                            (200, {"Docker-Content-Digest": DIGEST}, b"")]
+    assert _client(fake_registry, Credentials("u", "p")).manifest_digest("ns/img", "t") == DIGEST
+    assert _FakeRegistry.seen[-1][2] == "Bearer tok"
+
+
+# -- a real registry ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def images(docker_cli):  # noqa: F811 - the fixture imported above
+    made: list[str] = []
+
+    def make(content: str, content_key: str | None = None, *, smoke: bool | str = True,
+             op_tests: bool | str = True) -> tuple[str, str]:
+        key = content_key or secrets.token_hex(32)
+        ref = f"flagrelease-test/publish-{secrets.token_hex(4)}:latest"
+        image_id = make_image(ref, content, _labels(key))
+        made.append(image_id)
+        _store(image_id, smoke, op_tests)
+        return ref, image_id
+
+    yield make
+    for image_id in made:
+        remove_image(image_id)
+
+
+def _scan_for_secrets(root: Path, creds: list[str], captured: str) -> None:
+    for secret in creds:
+        assert secret not in captured, "a credential appeared in the output"
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in creds:
+                assert secret.encode() not in data, f"a credential was written to {path}"
+
+
+def _secret_forms(server: RegistryServer) -> list[str]:
+    pair = f"{server.user}:{server.password}".encode()
+    return [server.password, base64.b64encode(pair).decode()]
+
+
+def test_push_without_credentials_fails_with_a_clear_message(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref, _ = images("no credentials")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    recipe, _ = load_recipe("tiny-cpu")
+    with pytest.raises(UserError) as info:
+        publish(recipe, ref, FAST)
+    text = info.value.render()
+    assert f"registry {registry_server.url} needs credentials and none were found" in text
+    assert "FLAGREL_REGISTRY_USER" in text and "docker login" in text
+
+
+def test_publish_pushes_verifies_records_and_leaks_nothing(isolated, registry_server, images, monkeypatch,  # noqa: F811
+                                                           capfd):
+    ref, image_id = images("release one")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    temp_before = set(Path(tempfile.gettempdir()).glob("flagrel-docker-config-*"))
+    argvs: list[list[str]] = []
+    real_run = subprocess.run
+
+    def spy(cmd, *args, **kwargs):
+        argvs.append([str(c) for c in cmd])
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    recipe, _ = load_recipe("tiny-cpu")
+    record = publish(recipe, ref, FAST)
+
+    # the digest of every tag, asked of the registry independently, is the recorded one
+    repo = f"{os.environ['FLAGREL_NAMESPACE']}/flagrelease"
+    assert record.digest and record.digest.startswith("sha256:")
+    for tag in record.tags:
+        assert registry_server.digest(repo, tag.tag) == record.digest == tag.digest
+        assert tag.verified and tag.action == "pushed"
+    assert [t.kind for t in record.tags] == ["immutable", "moving"]
+    assert record.tags[1].tag == "flagrelease_cpu_tiny_llama"
+    # docker's own view agrees
+    inspect = json.loads(real_run(["docker", "image", "inspect", image_id], capture_output=True, text=True).stdout)
+    assert f"{registry_server.url}/{repo}@{record.digest}" in inspect[0]["RepoDigests"]
+
+    out = release_dir("tiny-cpu", record.immutable_tag)
+    assert load_record(out / "record.json") == record
+    card = (out / "README.md").read_text()
+    assert f"docker pull {registry_server.url}/{repo}:flagrelease_cpu_tiny_llama" in card
+    assert record.digest in card
+    assert record.tests["smoke"].passed and record.host.cpu_count >= 1 and record.times.push_s > 0
+
+    # no credential in argv, in any file the run wrote, or in what it printed; no temporary config left
+    for argv in argvs:
+        assert registry_server.password not in " ".join(argv)
+    captured = capfd.readouterr()
+    assert str(out / "record.json") in captured.err
+    _scan_for_secrets(isolated, _secret_forms(registry_server), captured.out + captured.err)
+    assert set(Path(tempfile.gettempdir()).glob("flagrel-docker-config-*")) == temp_before
+
+
+def test_republishing_the_same_image_changes_nothing(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref, _ = images("release same")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    first = publish(recipe, ref, FAST)
+    second = publish(recipe, ref, FAST)
+    assert second.digest == first.digest
+    assert [t.action for t in second.tags] == ["unchanged", "unchanged"]
+
+
+def test_immutable_tag_collision_is_refused_and_nothing_moves(isolated, registry_server, images,  # noqa: F811
+                                                               monkeypatch):
+    key = secrets.token_hex(32)
+    ref_a, _ = images("content A", key)
+    ref_b, _ = images("content B, same content key label", key)
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    first = publish(recipe, ref_a, FAST)
+    with pytest.raises(UserError) as info:
+        publish(recipe, ref_b, FAST)
+    assert "already exists with other content" in info.value.render()
+    assert "refusing to move it" in info.value.render()
+    repo = f"{os.environ['FLAGREL_NAMESPACE']}/flagrelease"
+    assert registry_server.digest(repo, first.immutable_tag) == first.digest
+    assert registry_server.digest(repo, "flagrelease_cpu_tiny_llama") == first.digest
+
+
+def test_moving_tag_moves_to_a_new_build(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref_a, _ = images("build A")
+    ref_b, _ = images("build B")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    a = publish(recipe, ref_a, FAST)
+    b = publish(recipe, ref_b, FAST)
+    assert a.digest != b.digest and a.immutable_tag != b.immutable_tag
+    moving = b.tags[1]
+    assert (moving.action, moving.previous_digest, moving.digest) == ("moved", a.digest, b.digest)
+    repo = f"{os.environ['FLAGREL_NAMESPACE']}/flagrelease"
+    assert registry_server.digest(repo, a.immutable_tag) == a.digest  # the old build tag stays
+    assert registry_server.digest(repo, "flagrelease_cpu_tiny_llama") == b.digest
+
+
+def test_untested_and_failed_images_are_not_pushed(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    untested, _ = images("untested", smoke=None, op_tests=None)
+    failed, _ = images("failed", smoke=True, op_tests=False)
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    for ref, why in ((untested, "no stored smoke result"), (failed, "op-tests FAILED")):
+        with pytest.raises(UserError, match=why):
+            publish(recipe, ref, FAST)
+    repo = f"{os.environ['FLAGREL_NAMESPACE']}/flagrelease"
+    assert registry_server.digest(repo, "flagrelease_cpu_tiny_llama") is None
+
+
+def test_credentials_from_the_docker_config(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref, _ = images("docker config credentials")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    auth = base64.b64encode(f"{registry_server.user}:{registry_server.password}".encode()).decode()
+    (Path(os.environ["DOCKER_CONFIG"]) / "config.json").write_text(
+        json.dumps({"auths": {registry_server.url: {"auth": auth}}}))
+    recipe, _ = load_recipe("tiny-cpu")
+    record = publish(recipe, ref, FAST)
+    assert record.tags[0].verified
+    repo = f"{os.environ['FLAGREL_NAMESPACE']}/flagrelease"
+    assert registry_server.digest(repo, record.immutable_tag) == record.digest
+
+
+def test_wrong_password_is_refused_at_once(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref, _ = images("wrong password")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", "not-" + registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    start = time.monotonic()
+    with pytest.raises(UserError, match="refused the credentials"):
+        # a long backoff: if auth errors were retried this would take minutes
+        publish(recipe, ref, PublishOptions(retries=4, backoff_s=30))
+    assert time.monotonic() - start < 20

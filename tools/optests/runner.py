@@ -1,0 +1,308 @@
+"""Run the cases: probe torch and flag_gems, then compare and time each op (torch only once it imports).
+
+A case's status:
+- skipped: no device / torch or flag_gems does not import (the reason says which), FlagGems has no
+  kernel for the op (or did not run one: no 'GEMS ...' log record came from flag_gems while it ran),
+  or the time budget ran out;
+- failed: FlagGems' result is off the float64 reference by more than the tolerance, has the wrong
+  shape/dtype/indices, or the call raised;
+- passed: otherwise. Timing never decides a status; it is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cases import CaseSpec
+from .report import CaseResult
+
+
+class Skip(Exception):
+    """The case cannot run here; the message says why."""
+
+
+@dataclass
+class Measurement:
+    gems_err: float
+    gems_score: float
+    torch_err: float | None = None
+    torch_score: float | None = None
+    torch_ms: float | None = None
+    gems_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Executor = Callable[[CaseSpec], Measurement]
+
+
+@dataclass
+class Environment:
+    info: dict[str, Any]
+    torch: Any = None
+    gems: Any = None
+    skip_reason: str | None = None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Environment:
+    """Import torch and flag_gems; never raises. On a CPU-only machine flag_gems' import raises
+    RuntimeError('No device were detected on your machine !'): that becomes every case's skip reason."""
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    env = Environment(info=info)
+    try:
+        torch = import_module("torch")
+    except Exception as exc:  # noqa: BLE001 - any import failure is a reason to skip, not to crash
+        env.skip_reason = f"torch does not import ({_short(exc)})"
+        info["skip_reason"] = env.skip_reason
+        return env
+    info["torch"] = getattr(torch, "__version__", "?")
+    info["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
+    with contextlib.suppress(Exception):
+        info["triton"] = import_module("triton").__version__
+    try:
+        gems = import_module("flag_gems")
+    except Exception as exc:  # noqa: BLE001
+        env.torch = torch
+        env.skip_reason = f"flag_gems does not import ({_short(exc)})"
+        info["skip_reason"] = env.skip_reason
+        return env
+    env.torch, env.gems = torch, gems
+    info["flag_gems"] = getattr(gems, "__version__", "?")
+    info["flag_gems_vendor"] = getattr(gems, "vendor_name", None)
+    info["flag_gems_device"] = getattr(gems, "device", None)
+    with contextlib.suppress(Exception):
+        device_mod = getattr(torch, str(gems.device))
+        info["device_count"] = device_mod.device_count()
+        info["device_name"] = device_mod.get_device_name(0)
+    with contextlib.suppress(Exception):
+        info["allow_tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return env
+
+
+# --- the loop (no torch here: executors are injected, so it is testable anywhere) --------------------------
+
+def judge(spec: CaseSpec, m: Measurement) -> CaseResult:
+    tol = spec.tolerance
+    r = CaseResult(spec.op, spec.dtype, spec.shape, "passed", rtol=tol.rtol, atol=tol.atol,
+                   gems_err=m.gems_err, torch_err=m.torch_err, gems_score=m.gems_score,
+                   torch_score=m.torch_score, torch_ms=m.torch_ms, gems_ms=m.gems_ms, notes=list(m.notes))
+    if not m.gems_score <= 1.0:  # also catches NaN
+        r.status = "failed"
+        r.reason = (f"max |gems - ref| = {m.gems_err:.3g} is {m.gems_score:.3g}x the tolerance "
+                    f"(rtol {tol.rtol:g}, atol {tol.atol:.3g}); torch native: {_fmt(m.torch_err)} "
+                    f"({_fmt(m.torch_score)}x)")
+    if m.torch_score is not None and m.torch_score > 1.0:
+        r.notes.append(f"torch native is also outside the tolerance ({m.torch_score:.3g}x)")
+    return r
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def run_cases(specs: Sequence[CaseSpec], execute: Executor | None, *, skip_reason: str | None = None,
+              budget_s: float | None = None, on_result: Callable[[int, CaseResult], None] | None = None,
+              clock: Callable[[], float] = time.monotonic) -> list[CaseResult]:
+    """Every spec gives exactly one result; nothing raised by a case escapes."""
+    results: list[CaseResult] = []
+    start = clock()
+    for i, spec in enumerate(specs):
+        t0 = clock()
+        if skip_reason is not None or execute is None:
+            result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped", skip_reason or "no executor")
+        elif budget_s is not None and t0 - start > budget_s:
+            result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped",
+                                f"time budget of {budget_s:g}s spent before this case")
+        else:
+            tol = spec.tolerance
+            try:
+                result = judge(spec, execute(spec))
+            except Skip as exc:
+                result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped", str(exc), rtol=tol.rtol,
+                                    atol=tol.atol)
+            except Exception as exc:  # noqa: BLE001 - a raising kernel is that case's failure
+                result = CaseResult(spec.op, spec.dtype, spec.shape, "failed", f"raised {_short(exc)}",
+                                    detail=traceback.format_exc(), rtol=tol.rtol, atol=tol.atol)
+        result.duration_s = round(clock() - t0, 3)
+        results.append(result)
+        if on_result is not None:
+            on_result(i, result)
+    return results
+
+
+# --- the torch executor --------------------------------------------------------------------------------
+
+class _GemsLog(logging.Handler):
+    """Counts 'GEMS ...' debug records from flag_gems' loggers: proof that a FlagGems kernel ran."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            msg = record.getMessage()
+            if msg.startswith("GEMS"):
+                self.messages.append(msg)
+
+
+@contextlib.contextmanager
+def capture_gems_log() -> Iterator[_GemsLog]:
+    logger = logging.getLogger("flag_gems")
+    handler, level = _GemsLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class TorchExecutor:
+    """Runs one case on the device flag_gems chose: reference, torch native, FlagGems, timings."""
+
+    def __init__(self, torch: Any, gems: Any, *, reps: int = 30, warmup: int = 5, seed: int = 0) -> None:
+        from . import ops
+
+        self.torch, self.gems, self.ops = torch, gems, ops
+        self.reps, self.warmup, self.seed = reps, warmup, seed
+        self.device = torch.device(str(getattr(gems, "device", "cpu")))
+        # float64 on the GPU where it is fast and exact; elsewhere (NPUs lack float64) on the CPU
+        self.ref_device = self.device if self.device.type in {"cuda", "cpu"} else torch.device("cpu")
+        self.version = getattr(gems, "__version__", "?")
+        self._unused = self._vendor_unused()
+
+    def _vendor_unused(self) -> set[str]:
+        vendor = getattr(self.gems, "vendor_name", "nvidia")
+        if vendor == "nvidia":
+            return set()
+        with contextlib.suppress(Exception):
+            return set(self.gems.runtime.backend.get_unused_ops(vendor))
+        return set()
+
+    def include_names(self, aten: Sequence[str]) -> list[str]:
+        """FlagGems function names registered for these aten overloads (what use_gems(include=) takes)."""
+        config = getattr(self.gems, "_FULL_CONFIG", None)
+        if config is None:
+            return sorted({a.split(".")[0].lstrip("_") for a in aten})
+        names: list[str] = []
+        for item in config:
+            if len(item) < 2 or item[0] not in aten:
+                continue
+            if len(item) > 2 and callable(item[2]) and not item[2]():
+                continue
+            name = getattr(item[1], "__name__", None)
+            if name and name not in names:
+                names.append(name)
+        return names
+
+    def sync(self) -> None:
+        mod = getattr(self.torch, self.device.type, None)
+        if mod is not None and hasattr(mod, "synchronize") and self.device.type != "cpu":
+            mod.synchronize()
+
+    def bench(self, fn: Callable[[], Any]) -> float:
+        """Median milliseconds per call after warm-up, device-synchronised around each call."""
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        times: list[float] = []
+        use_events = self.device.type == "cuda"
+        for _ in range(self.reps):
+            if use_events:
+                start = self.torch.cuda.Event(enable_timing=True)
+                end = self.torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(float(start.elapsed_time(end)))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                self.sync()
+                times.append((time.perf_counter() - t0) * 1000.0)
+        return statistics.median(times)
+
+    def _gen(self, spec: CaseSpec) -> Any:
+        seed = (self.seed * 1_000_003 + zlib.crc32(spec.case_id.encode())) & 0x7FFFFFFF
+        try:
+            gen = self.torch.Generator(device=self.device)
+        except Exception:  # noqa: BLE001 - a backend without device generators: draw on the CPU
+            gen = self.torch.Generator()
+        return gen.manual_seed(seed)
+
+    def __call__(self, spec: CaseSpec) -> Measurement:
+        torch, op = self.torch, spec.opdef
+        dtype = getattr(torch, spec.dtype)
+        tol = spec.tolerance
+        gems_fn = None
+        names: list[str] = []
+        if op.fused:
+            gems_fn = getattr(self.gems, op.fused, None)
+            if gems_fn is None:
+                raise Skip(f"flag_gems {self.version} has no {op.fused}()")
+        else:
+            names = self.include_names(op.aten)
+            if not names:
+                raise Skip(f"flag_gems {self.version} registers no kernel for aten::{', aten::'.join(op.aten)}")
+            unused = sorted(set(names) & self._unused)
+            if unused:
+                raise Skip(f"flag_gems marks {', '.join(unused)} unused on {self.gems.vendor_name}")
+        ctx = self.ops.Ctx(self.device, self.ref_device, dtype, self._gen(spec), gems_fn)
+        prepared = self.ops.BUILDERS[spec.op](ctx, spec.params)
+        notes: list[str] = []
+        with torch.no_grad():
+            ref = prepared.reference()
+            with capture_gems_log() as log:
+                torch_out = prepared.torch_call()
+                self.sync()
+            if log.messages:
+                notes.append(f"torch native path ran FlagGems kernels ({log.messages[0]}): registrations leaked")
+            torch_err, torch_score = self.ops.compare(prepared, torch_out, ref, tol.rtol, tol.atol)
+            gems_ctx = self.gems.use_gems(include=names) if names else contextlib.nullcontext()
+            with gems_ctx:
+                with capture_gems_log() as log:
+                    gems_out = prepared.gems_call()
+                    self.sync()
+                if not log.messages and names:
+                    raise Skip(f"no FlagGems kernel ran for aten::{', aten::'.join(op.aten)} under "
+                               f"use_gems(include={names}) (no 'GEMS' log record)")
+                gems_ms = self.bench(prepared.gems_bench or prepared.gems_call)
+            gc.collect()  # drop use_gems' torch.library registrations now, not at some later collection
+            torch_ms = self.bench(prepared.torch_call)
+            self._same_kind(torch_out, gems_out)
+            gems_err, gems_score = self.ops.compare(prepared, gems_out, ref, tol.rtol, tol.atol)
+        return Measurement(gems_err=gems_err, gems_score=gems_score, torch_err=torch_err, torch_score=torch_score,
+                           torch_ms=round(torch_ms, 5), gems_ms=round(gems_ms, 5), notes=notes)
+
+    def _same_kind(self, torch_out: Any, gems_out: Any) -> None:
+        t = self.ops._tensors(torch_out)
+        g = self.ops._tensors(gems_out)
+        for a, b in zip(t, g, strict=False):
+            if a.dtype != b.dtype:
+                raise self.ops.Mismatch(f"FlagGems returned {b.dtype}, torch returns {a.dtype}")
+
+
+def env_summary(env: Environment) -> dict[str, Any]:
+    info = dict(env.info)
+    info["argv"] = " ".join(sys.argv)
+    return {k: v for k, v in info.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
