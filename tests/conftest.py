@@ -28,3 +28,38 @@ def build_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     out = tmp_path / "build"
     monkeypatch.setenv("FLAGREL_BUILD", str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def debian_base(docker_engine) -> str:
+    """The locked Debian 12 base (debootstrap + import, cached): python3, no vLLM."""
+    from tools import engine
+    from tools.lock import DebootstrapBase, load_lock
+
+    base = load_lock().lock.vendors["cpu"].base
+    assert isinstance(base, DebootstrapBase)
+    return engine.ensure_debootstrap_base(base)
+
+
+def build_recipe(recipe: str, vendor: str, options=None):
+    """The build sessions' stages, without validation: plan, patched source, context, image."""
+    from tools import patches, source
+    from tools.build import build_image
+    from tools.build_cli import plan_for
+    from tools.context import prepare_context
+    from tools.plan import BuildOptions
+
+    options = options or BuildOptions()
+    plan, loaded, _, recipe_file = plan_for(recipe, vendor, options)
+    pristine = source.fetch_source(loaded.lock)
+    patched = patches.patched_tree(vendor)
+    stamp = patches.stamp_module_text(patches.stack_info(vendor))
+    ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
+                          stamp_text=stamp)
+    return ctx, build_image(ctx, options, revision="test")
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_image(debian_base):
+    """The real tiny-cpu image, built once per run (a no-op when the content key already exists)."""
+    return build_recipe("tiny-cpu", "cpu")

@@ -10,13 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build_recipe
 
-from tools import engine, labels, patches, source
-from tools.build import build_image
-from tools.build_cli import plan_for
-from tools.context import prepare_context
+from tools import labels, patches
 from tools.errors import UserError
-from tools.lock import DebootstrapBase
 from tools.plan import BuildOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -26,23 +23,9 @@ def _docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
-def build(recipe: str, vendor: str, options: BuildOptions | None = None):
-    options = options or BuildOptions()
-    plan, loaded, _, recipe_file = plan_for(recipe, vendor, options)
-    base = loaded.lock.vendors[vendor].base
-    if options.base_image is None and isinstance(base, DebootstrapBase):
-        engine.ensure_debootstrap_base(base)
-    pristine = source.fetch_source(loaded.lock)
-    patched = patches.patched_tree(vendor)
-    stamp = patches.stamp_module_text(patches.stack_info(vendor))
-    ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
-                          stamp_text=stamp)
-    return ctx, build_image(ctx, options, revision="test")
-
-
 @pytest.fixture(scope="module")
-def cpu_image(docker_engine):
-    return build("tiny-cpu", "cpu")
+def cpu_image(tiny_cpu_image):
+    return tiny_cpu_image
 
 
 def test_cpu_image_imports_the_patched_files(cpu_image):
@@ -81,12 +64,12 @@ def test_labels_carry_the_inputs(cpu_image):
 
 def test_noop_rebuild_hits_the_content_key(cpu_image):
     ctx, image = cpu_image
-    again_ctx, again = build("tiny-cpu", "cpu")
+    again_ctx, again = build_recipe("tiny-cpu", "cpu")
     assert again_ctx.content_key == ctx.content_key
     assert again.skipped and again.image_id == image.image_id
 
 
-def test_secrets_never_land_in_the_image(docker_engine, tmp_path, build_dir):
+def test_secrets_never_land_in_the_image(cpu_image, tmp_path, build_dir):
     """A CA bundle and an index token are used by real pip steps, then searched for everywhere."""
     marker = "FLAGREL-SECRET-MARKER-7f3a9c"
     bundle = tmp_path / "ca.pem"
@@ -95,7 +78,11 @@ def test_secrets_never_land_in_the_image(docker_engine, tmp_path, build_dir):
     token = "tok3n" + marker[-6:]
     options = BuildOptions(ca_bundle=bundle, index_url=f"https://flagrel:{token}@pypi.org/simple",
                            no_cache=True)
-    ctx, image = build("tiny-cpu", "cpu", options)
+    try:
+        ctx, image = build_recipe("tiny-cpu", "cpu", options)
+    finally:
+        # the shared tiny-cpu tag goes back to the image the other tests use
+        subprocess.run(["docker", "tag", cpu_image[1].image_id, cpu_image[1].ref], check=True)
     assert not image.skipped
     history = _docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image.image_id)
     inspect = _docker("image", "inspect", image.image_id)
@@ -117,7 +104,7 @@ def test_secrets_never_land_in_the_image(docker_engine, tmp_path, build_dir):
 
 @pytest.mark.parametrize(("vendor", "recipe"), [("nvidia", "robobrain2-7b-fp8dynamic-nvidia"),
                                                  ("ascend", "robobrain2-32b-ascend")])
-def test_vendor_template_builds_on_a_stand_in_base(docker_engine, build_dir, vendor, recipe):
+def test_vendor_template_builds_on_a_stand_in_base(debian_base, build_dir, vendor, recipe):
     """The nvidia/ascend templates on a local Debian stand-in for the CUDA/CANN base.
 
     Covers: the template renders, BuildKit accepts every instruction and mount, the context (wheelhouse,
@@ -125,20 +112,11 @@ def test_vendor_template_builds_on_a_stand_in_base(docker_engine, build_dir, ven
     vendor base (Ubuntu's python3.12 packages / CANN's set_env.sh). It cannot cover CUDA, torch CUDA or
     torch-npu installs, vllm-ascend, or running on a GPU/NPU: those need the real base and hardware.
     """
-    stand_in = engine.ensure_debootstrap_base(_cpu_base())
-    options = BuildOptions(base_image=stand_in, platforms=("linux/amd64",))
+    options = BuildOptions(base_image=debian_base, platforms=("linux/amd64",))
     with pytest.raises(UserError) as info:
-        build(recipe, vendor, options)
+        build_recipe(recipe, vendor, options)
     message = info.value.render()
     # the failure is the first vendor-specific step, named, not a template or context error
     expected = {"nvidia": "apt-get install", "ascend": "set_env.sh"}[vendor]
     assert "image build failed at step" in message
     assert expected in message, message
-
-
-def _cpu_base() -> DebootstrapBase:
-    from tools.lock import load_lock
-
-    base = load_lock().lock.vendors["cpu"].base
-    assert isinstance(base, DebootstrapBase)
-    return base

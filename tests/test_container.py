@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import pytest
 from tools import PROJECT_ROOT
 from tools.container import (
     ImageNotFound,
-    image_exists,
     image_id,
     image_labels,
     leftover_containers,
@@ -25,24 +23,13 @@ from tools.errors import UserError
 
 pytestmark = pytest.mark.docker
 
-TEST_IMAGE = "flagrelease-test/debian:12"
 # Images with a Debian userland and python3 that may already be here: ours, then the build's base.
-CANDIDATES = (os.environ.get("FLAGREL_TEST_BASE_IMAGE", ""), TEST_IMAGE, "flagrelease-base/debian:bookworm-minbase")
-ROOTFS = Path("/tmp/rootfs")
 
 
 @pytest.fixture(scope="module")
-def debian_image(docker_engine: object) -> str:
-    """A local Debian image (no registry to pull from): an existing one, or imported from a rootfs."""
-    for ref in filter(None, CANDIDATES):
-        if image_exists(ref):
-            return ref
-    if not (ROOTFS / "usr/bin/python3").exists():
-        pytest.skip(f"no Debian test image ({', '.join(filter(None, CANDIDATES))}) and no rootfs at {ROOTFS}")
-    tar = subprocess.Popen(["tar", "-C", str(ROOTFS), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["docker", "import", "-", TEST_IMAGE], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
-    assert tar.wait() == 0
-    return TEST_IMAGE
+def debian_image(debian_base: str) -> str:
+    """A local Debian image with python3 (no registry to pull from): the locked cpu base."""
+    return debian_base
 
 
 @pytest.fixture
