@@ -225,3 +225,23 @@ def test_snapshot_of_a_work_tree_keeps_the_real_index_untouched(tmp_path: Path) 
     assert repo.out("show", f"{saved}:pkg/nonl.txt") == "edited"
     assert repo.out("show", f"{saved}:extra.txt") == "new"
     assert repo.out("rev-parse", f"{saved}^") == base
+
+
+def test_fast_import_gives_the_same_commit_as_add_and_commit_tree(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    upstream_files(tree)
+    for name in ("a b.txt", '"quoted".txt', "back\\slash.txt", "new\nline.txt", "caf\u00e9.py", "tab\there"):
+        write(tree, f"odd/{name}", name)
+    (tree / "link.py").symlink_to("pkg/crlf.py")
+    (tree / "dirlink").symlink_to("pkg")
+    write(tree, "pkg/.git/HEAD", "nested repositories are not content\n")
+    write(tree, "empty.txt", b"")
+    (tree / "pkg/tool.sh").chmod(0o755)
+    by_add = git.init(tmp_path / "add.git", bare=True)
+    expected = by_add.snapshot(tree, parents=[], message="base\n", author=BASE, index_file=tmp_path / "i",
+                               include_ignored=True)
+    by_import = git.init(tmp_path / "import.git", bare=True)
+    got = by_import.import_files(tree, ref="refs/heads/main", message="base\n", author=BASE)
+    assert got == expected
+    assert list((tmp_path / "import.git/objects").glob("??/*")) == []  # one pack, no loose objects
+    assert "120000 blob" in by_import.out("ls-tree", got, "dirlink")

@@ -179,6 +179,16 @@ def test_transient_errors_are_retried_with_backoff_auth_errors_are_not():
     assert len(calls) == 1
 
 
+def test_retries_run_out_with_one_clear_message():
+    def down() -> str:
+        raise TransientError("HTTP 503")
+
+    with pytest.raises(UserError) as info:
+        with_retries(down, what="docker push r/x:t", retries=2, backoff_s=0.01,
+                     is_transient=lambda e: isinstance(e, TransientError))
+    assert "docker push r/x:t: still failing after 3 attempts: HTTP 503" in info.value.render()
+
+
 def test_docker_push_retries_5xx_but_not_auth(isolated, monkeypatch):
     outputs = ["received unexpected HTTP status: 502 Bad Gateway", "connection reset by peer",
                "latest: digest: sha256:" + "e" * 64 + " size: 528"]
@@ -272,6 +282,9 @@ def test_registry_queries_retry_5xx(fake_registry):
     assert len(_FakeRegistry.seen) == 3
     _FakeRegistry.script = [(404, {}, b"")]
     assert _client(fake_registry, None).manifest_digest("ns/img", "absent") is None
+    _FakeRegistry.script = [(500, {}, b"")] * 3
+    with pytest.raises(UserError, match="still failing after 3 attempts"):
+        _client(fake_registry, None, retries=2).manifest_digest("ns/img", "t")
 
 
 def test_registry_wanting_credentials_we_lack_says_so(fake_registry):

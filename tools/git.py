@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 # Pinned for every invocation: options that change bytes on disk or in patches.
@@ -33,6 +34,7 @@ _PINNED_CONFIG = (
     "am.threeWay=false",
     "apply.whitespace=nowarn",
     "gc.auto=0",
+    "fastimport.unpackLimit=0",
     "advice.detachedHead=false",
     "init.defaultBranch=main",
     "commit.gpgSign=false",
@@ -132,6 +134,14 @@ def identity_env(author: Identity, committer: Identity | None = None) -> dict[st
     return env
 
 
+def command(args: Sequence[str]) -> list[str]:
+    """The git command line for `args`, with the pinned settings."""
+    cmd = ["git"]
+    for item in _PINNED_CONFIG:
+        cmd += ["-c", item]
+    return cmd + list(args)
+
+
 def git(
     args: Sequence[str],
     *,
@@ -141,10 +151,7 @@ def git(
     timeout: float | None = None,
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    cmd = ["git"]
-    for item in _PINNED_CONFIG:
-        cmd += ["-c", item]
-    cmd += list(args)
+    cmd = command(args)
     try:
         proc = subprocess.run(
             cmd, cwd=cwd, env=base_env(env), capture_output=True, text=True, errors="surrogateescape",
@@ -255,6 +262,43 @@ class Repo:
             index_file.unlink(missing_ok=True)
         return self.commit_tree(tree, parents, message, author)
 
+    def import_files(self, root: Path, *, ref: str, message: str, author: Identity) -> str:
+        """One commit of every file under `root` (ignore rules do not apply), written by fast-import
+        straight into a pack: no loose objects, no index, no second compression pass. `author.date` must
+        be ISO 8601. The commit is exactly what `git add -A -f` + commit-tree would give."""
+        if not author.date:
+            raise ValueError("import_files needs a fixed author date")
+        when = datetime.fromisoformat(author.date)
+        offset = int(when.utcoffset().total_seconds()) // 60 if when.utcoffset() else 0
+        sign = "-" if offset < 0 else "+"
+        stamp = f"{int(when.timestamp())} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+        person = f"{author.name} <{author.email}> {stamp}".encode()
+        cmd = command([f"--git-dir={self.git_dir}", "fast-import", "--quiet", "--done"])
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=base_env())
+        assert proc.stdin is not None
+        entries: list[bytes] = []
+        try:
+            for mark, (mode, rel, data) in enumerate(_walk_files(root), 1):
+                proc.stdin.write(b"blob\nmark :%d\ndata %d\n" % (mark, len(data)))
+                proc.stdin.write(data)
+                proc.stdin.write(b"\n")
+                entries.append(b"M %s :%d %s\n" % (mode, mark, _fast_import_path(rel)))
+            body = message.encode()
+            proc.stdin.write(b"commit %s\nauthor %s\ncommitter %s\ndata %d\n%s\n" % (
+                ref.encode(), person, person, len(body), body))
+            proc.stdin.writelines(entries)
+            proc.stdin.write(b"\ndone\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise GitError(cmd[-4:], proc.returncode, "", stderr)
+        sha = self.rev_parse(ref)
+        assert sha is not None
+        return sha
+
     def tree_of(self, rev: str) -> str:
         return self.out("rev-parse", f"{rev}^{{tree}}")
 
@@ -328,9 +372,6 @@ class Repo:
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
 
-    def repack(self) -> None:
-        self.run("repack", "-a", "-d", "-q")
-
 
 def init(path: Path, *, bare: bool = False) -> Repo:
     path.mkdir(parents=True, exist_ok=True)
@@ -349,6 +390,37 @@ def clone_local(source_git_dir: Path, dest: Path, *, shared: bool = False) -> Re
     repo = Repo.at(dest)
     repo.write_info("attributes", NEUTRAL_ATTRIBUTES)
     return repo
+
+
+def _walk_files(root: Path) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(git mode, path relative to root, content) of every file and symlink, in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        base = Path(dirpath)
+        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
+            path = base / name
+            rel = os.fsencode(path.relative_to(root))
+            if path.is_symlink():
+                yield b"120000", rel, os.fsencode(os.readlink(path))
+            else:
+                yield (b"100755" if path.stat().st_mode & 0o100 else b"100644"), rel, path.read_bytes()
+        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+
+
+def _fast_import_path(rel: bytes) -> bytes:
+    """fast-import reads a path literally unless it starts with a quote; one holding LF cannot be
+    literal. C-quote anything unusual (quoting is always allowed)."""
+    if not (rel.startswith(b'"') or any(c in rel for c in b"\n\\\"") or any(c < 32 for c in rel)):
+        return rel
+    out = bytearray(b'"')
+    for c in rel:
+        if c in b'"\\':
+            out += b"\\" + bytes([c])
+        elif c < 32 or c == 127:
+            out += b"\\%03o" % c
+        else:
+            out.append(c)
+    return bytes(out + b'"')
 
 
 def is_repo(work_tree: Path) -> bool:

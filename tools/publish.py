@@ -123,7 +123,9 @@ def check_results(recipe: Recipe, image: LocalImage) -> dict[str, results.Stored
             problems.append(f"{kind} was skipped with {flag} ({result.skipped_reason!r})")
             fixes.append(f"rebuild without {flag}")
         elif not result.passed:
-            problems.append(f"{kind} FAILED" + (f" (report: {result.report})" if result.report else ""))
+            verdict = result.summary.get("verdict") or result.summary.get("failure")
+            problems.append(f"{kind} FAILED" + (f": {verdict}" if verdict else "")
+                            + (f" (report: {result.report})" if result.report else ""))
             fixes.append(f"fix the {kind} failure and rebuild")
         else:
             stored[kind] = result
@@ -172,7 +174,8 @@ def push(ref: str, env: dict[str, str], log: _PushLog, options: PublishOptions) 
             if not found:
                 raise UserError(f"docker push {ref} reported no digest", where=str(log.path))
             return found[-1]
-        kind = classify(out)
+        # the error is at the end; layer ids and sizes above it must not look like status codes
+        kind = classify("\n".join(out.strip().splitlines()[-5:]))
         if kind == "transient":
             raise TransientError(last)
         if kind == "auth":
@@ -286,7 +289,7 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
               options: PublishOptions) -> tuple[str, float, float, list[TagRecord]]:
     """Returns (digest, seconds pushing, seconds querying/verifying, one record per tag)."""
     repo = tags.target.repository
-    clock = {"push": 0.0, "verify": 0.0}
+    clock = {"push": 0.0, "verify": 0.0, "last_push": 0.0}
     records: list[TagRecord] = []
 
     def query(tag: str) -> str | None:
@@ -301,7 +304,8 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
         try:
             return push(ref, env, log, options)
         finally:
-            clock["push"] += time.monotonic() - start
+            clock["last_push"] = time.monotonic() - start
+            clock["push"] += clock["last_push"]
 
     def verify(tag: str, want: str, pushed: bool) -> None:
         start = time.monotonic()
@@ -330,12 +334,14 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
         digest, action = push_timed(tags.immutable_ref), "pushed"
     verify(tags.immutable, digest, pushed=action == "pushed")
     records.append(TagRecord(tag=tags.immutable, ref=tags.immutable_ref, kind="immutable", action=action,
-                             digest=digest, verified=True))
+                             digest=digest, verified=True,
+                             push_s=round(clock["last_push"], 3) if action == "pushed" else 0.0))
     info(f"  {tags.immutable}: {action}, verified {digest[:19]}")
 
     # 2. moving tags, only after the immutable one is in place and verified
     for tag in tags.moving:
         ref = tags.target.ref(tag)
+        clock["last_push"] = 0.0
         before = query(tag)
         if before == digest:
             tag_action: TagAction = "unchanged"
@@ -348,7 +354,8 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
             tag_action = "moved" if before else "pushed"
         verify(tag, digest, pushed=tag_action != "unchanged")
         records.append(TagRecord(tag=tag, ref=ref, kind="moving", action=tag_action, digest=digest,
-                                 previous_digest=before if before != digest else None, verified=True))
+                                 previous_digest=before if before != digest else None, verified=True,
+                                 push_s=round(clock["last_push"], 3)))
         was = f" (was {before[:19]})" if tag_action == "moved" and before else ""
         info(f"  {tag}: {tag_action}{was}, verified")
     return digest, clock["push"], clock["verify"], records

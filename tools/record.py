@@ -41,6 +41,7 @@ class TagRecord(Model):
     digest: str | None = None
     previous_digest: str | None = None
     verified: bool = False
+    push_s: float = 0.0  # 0 when nothing was pushed for this tag
 
 
 class Versions(Model):

@@ -94,8 +94,13 @@ def with_retries(action: Callable[[], T], *, what: str, retries: int, backoff_s:
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - is_transient decides; everything else re-raises
-            if attempt >= retries or not is_transient(exc):
+            if not is_transient(exc):
                 raise
+            if attempt >= retries:
+                # out of patience: one clear message, not a traceback
+                raise UserError(f"{what}: still failing after {attempt + 1} attempts: {exc}",
+                                fix="the registry had transient errors (5xx, connection resets): retry later, "
+                                    "or allow more with --retries") from exc
             delay = backoff_delay(attempt, backoff_s)
             if on_retry:
                 on_retry(f"  {what}: transient error ({str(exc).splitlines()[0][:160]}); retry "
@@ -268,13 +273,19 @@ class RegistryClient:
         if scheme == "bearer" and params.get("realm"):
             query = {"service": params.get("service", "")}
             query["scope"] = params.get("scope") or scope
-            token = self.session.get(params["realm"], params=query, headers={"Authorization": self._basic()},
-                                     timeout=self.timeout_s)
+            try:
+                token = self.session.get(params["realm"], params=query, headers={"Authorization": self._basic()},
+                                         timeout=self.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError(f"token endpoint: {exc.__class__.__name__}") from exc
             if token.status_code >= 500:
                 raise TransientError(f"token endpoint answered {token.status_code}")
             if token.status_code != 200:
                 return False
-            body = token.json()
+            try:
+                body = token.json()
+            except ValueError:
+                return False
             value = body.get("token") or body.get("access_token")
             if not value:
                 return False

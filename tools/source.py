@@ -271,12 +271,9 @@ def import_tree(files: Path, repo_dir: Path, message: str) -> str:
     """A new bare repository at `repo_dir` whose PRISTINE_BRANCH is one commit of exactly `files`.
     The commit id depends only on the files and `message` (fixed author, committer and date)."""
     repo = git.init(repo_dir, bare=True)
-    # include_ignored: upstream's .gitignore lists files the sdist ships (vllm/_version.py, egg-info).
-    commit = repo.snapshot(files, parents=[], message=message, author=BASE_AUTHOR,
-                           index_file=repo_dir / "import.index", include_ignored=True)
-    repo.update_ref(PRISTINE_BRANCH, commit)
+    # Every file, also those upstream's .gitignore lists (the sdist ships vllm/_version.py, egg-info).
+    commit = repo.import_files(files, ref=PRISTINE_BRANCH, message=message, author=BASE_AUTHOR)
     repo.run("symbolic-ref", "HEAD", PRISTINE_BRANCH)
-    repo.repack()
     return commit
 
 

@@ -28,6 +28,7 @@ class Ctx:
     dtype: torch.dtype
     gen: torch.Generator
     gems_fn: Callable[..., Any] | None = None  # the FlagGems function, for fused ops
+    gems: Any = None  # the flag_gems module
 
     def randn(self, *shape: int, scale: float = 1.0) -> torch.Tensor:
         t = torch.randn(shape, generator=self.gen, device=self.gen.device, dtype=torch.float32)
@@ -48,6 +49,8 @@ class Prepared:
     # "close": elementwise against the reference; otherwise a semantic check returning (err, score)
     check: str = "close"
     gems_bench: Callable[[], Out] | None = None  # repeatable form for timing (in-place ops)
+    # FlagGems' own function, called when use_gems() did not route the aten op to it (noted in the result)
+    gems_direct: Callable[[], Out] | None = None
     extra: Mapping[str, Any] | None = None
 
 
@@ -75,7 +78,9 @@ def rms_norm(ctx: Ctx, p: Mapping[str, int]) -> Prepared:
     def call() -> Out:
         return _rms_torch(x, w, eps)
 
-    return Prepared(call, call, lambda: _rms_ref(ctx.f64(x), ctx.f64(w), eps))
+    direct = getattr(ctx.gems, "rms_norm", None)
+    return Prepared(call, call, lambda: _rms_ref(ctx.f64(x), ctx.f64(w), eps),
+                    gems_direct=(lambda: direct(x, (p["H"],), w, eps)) if direct else None)
 
 
 def fused_add_rms_norm(ctx: Ctx, p: Mapping[str, int]) -> Prepared:

@@ -267,7 +267,7 @@ class TorchExecutor:
             unused = sorted(set(names) & self._unused)
             if unused:
                 raise Skip(f"flag_gems marks {', '.join(unused)} unused on {self.gems.vendor_name}")
-        ctx = self.ops.Ctx(self.device, self.ref_device, dtype, self._gen(spec), gems_fn)
+        ctx = self.ops.Ctx(self.device, self.ref_device, dtype, self._gen(spec), gems_fn, self.gems)
         prepared = self.ops.BUILDERS[spec.op](ctx, spec.params)
         notes: list[str] = []
         with torch.no_grad():
@@ -279,14 +279,23 @@ class TorchExecutor:
                 notes.append(f"torch native path ran FlagGems kernels ({log.messages[0]}): registrations leaked")
             torch_err, torch_score = self.ops.compare(prepared, torch_out, ref, tol.rtol, tol.atol)
             gems_ctx = self.gems.use_gems(include=names) if names else contextlib.nullcontext()
+            gems_call = prepared.gems_bench or prepared.gems_call
             with gems_ctx:
                 with capture_gems_log() as log:
                     gems_out = prepared.gems_call()
                     self.sync()
-                if not log.messages and names:
-                    raise Skip(f"no FlagGems kernel ran for aten::{', aten::'.join(op.aten)} under "
-                               f"use_gems(include={names}) (no 'GEMS' log record)")
-                gems_ms = self.bench(prepared.gems_bench or prepared.gems_call)
+                if names and not log.messages:
+                    routed = f"aten::{', aten::'.join(op.aten)} under use_gems(include={names})"
+                    if prepared.gems_direct is None:
+                        raise Skip(f"no FlagGems kernel ran for {routed} (no 'GEMS' log record)")
+                    notes.append(f"{routed} ran no FlagGems kernel: called flag_gems.{spec.op}() directly")
+                    with capture_gems_log() as log:
+                        gems_out = prepared.gems_direct()
+                        self.sync()
+                    if not log.messages:
+                        raise Skip(f"no FlagGems kernel ran for {routed} nor for flag_gems.{spec.op}()")
+                    gems_call = prepared.gems_direct
+                gems_ms = self.bench(gems_call)
             gc.collect()  # drop use_gems' torch.library registrations now, not at some later collection
             torch_ms = self.bench(prepared.torch_call)
             self._same_kind(torch_out, gems_out)
