@@ -42,26 +42,17 @@ def one_build(options: BuildOptions) -> tuple[float, object, object]:
     return time.monotonic() - start, ctx, image
 
 
-def edit_one_patch(patch_root: Path) -> Path:
-    """Append a comment line to the first hunk's added lines of the last common patch."""
-    candidates = sorted((patch_root / "vllm" / "common").glob("*.patch"))
-    target = candidates[-1]
-    lines = target.read_text().splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.startswith("+") and not line.startswith("+++") and line.strip() not in {"+"}:
-            indent = line[1:len(line) - len(line[1:].lstrip())]
-            lines.insert(i + 1, f"+{indent}# bench: one-line change\n")
-            break
-    # hunk header counts must follow the extra line
-    for j in range(i, -1, -1):
-        if lines[j].startswith("@@"):
-            head = lines[j]
-            old, new = head.split(" ")[1], head.split(" ")[2]
-            start, _, count = new[1:].partition(",")
-            lines[j] = head.replace(new, f"+{start},{int(count or 1) + 1}", 1)
-            break
-    target.write_text("".join(lines))
-    return target
+def edit_one_patch() -> None:
+    """The vendor-engineer workflow: patch, amend the top commit by one line, export-patches."""
+    patches.patch("cpu")
+    repo = patches.workspace_dir("cpu")
+    changed = subprocess.run(["git", "-C", str(repo), "diff", "--name-only", "HEAD~1", "HEAD", "--", "vllm/"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    target = repo / sorted(changed)[0]
+    with target.open("a") as handle:
+        handle.write("# bench: one-line change\n")
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-a", "--amend", "--no-edit"], check=True)
+    patches.export("cpu")
 
 
 def plain_docker_build(ctx, patched: Path) -> float:
@@ -87,6 +78,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-builds-"))
     os.environ["FLAGREL_BUILD"] = str(work / "build")
     os.environ["FLAGREL_PATCHES"] = str(work / "patches")
+    os.environ["FLAGREL_WORKSPACES"] = str(work / "workspaces")
     shutil.copytree(PROJECT_ROOT / "patches", work / "patches")
     _, loaded, _, _ = plan_for("tiny-cpu", "cpu", BuildOptions())
     base = loaded.lock.vendors["cpu"].base
@@ -100,7 +92,7 @@ def main() -> int:
     noop, _, image = one_build(BuildOptions())
     assert image.skipped
     rows.append(("no-op rebuild", noop))
-    edit_one_patch(work / "patches")
+    edit_one_patch()
     one, ctx2, image2 = one_build(BuildOptions())
     assert not image2.skipped
     rows.append(("one-patch rebuild", one))

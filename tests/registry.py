@@ -167,10 +167,10 @@ def _ensure_registry_tools() -> None:
                if shutil.which(tool) is None]
     if not missing:
         return
-    from tools.engine import _apt_install, _is_root_debian
+    from tools.engine import apt_install, is_root_debian
 
-    if _is_root_debian():
-        _apt_install(missing)
+    if is_root_debian():
+        apt_install(missing)
 
 
 @pytest.fixture(scope="session")

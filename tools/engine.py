@@ -48,11 +48,11 @@ def buildx_version() -> str | None:
     return proc.stdout.strip() if proc else None
 
 
-def _is_root_debian() -> bool:
+def is_root_debian() -> bool:
     return os.geteuid() == 0 and Path("/etc/debian_version").exists() and shutil.which("apt-get") is not None
 
 
-def _apt_install(packages: list[str]) -> None:
+def apt_install(packages: list[str]) -> None:
     log = new_log("apt")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
@@ -108,14 +108,14 @@ def ensure_engine() -> EngineInfo:
     version = engine_answers()
     if version is None or buildx_version() is None:
         with phase("Host bootstrap: Docker engine + BuildKit"):
-            if not _is_root_debian():
+            if not is_root_debian():
                 raise UserError(
                     "no Docker engine with buildx answers",
                     where="docker version / docker buildx version",
                     fix="install Docker Engine (20.10+) and the buildx plugin, start the daemon, and retry",
                 )
             if shutil.which("dockerd") is None:
-                _apt_install(ENGINE_PACKAGES)
+                apt_install(ENGINE_PACKAGES)
             if engine_answers() is None:
                 _start_dockerd()
             if buildx_version() is None:
@@ -144,9 +144,9 @@ def ensure_debootstrap_base(base: DebootstrapBase) -> str:
     with phase(f"Base image {base.image}"):
         if not tarball.exists():
             if shutil.which("debootstrap") is None:
-                if not _is_root_debian():
+                if not is_root_debian():
                     raise UserError("debootstrap is not installed", fix="apt-get install debootstrap")
-                _apt_install(["debootstrap"])
+                apt_install(["debootstrap"])
             tarball.parent.mkdir(parents=True, exist_ok=True)
             rootfs = Path(tempfile.mkdtemp(prefix="rootfs-", dir=tarball.parent))
             try:

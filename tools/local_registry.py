@@ -18,7 +18,7 @@ import requests
 
 from tools import paths
 from tools.console import info
-from tools.engine import _apt_install, _is_root_debian
+from tools.engine import apt_install, is_root_debian
 from tools.errors import UserError
 
 DEFAULT_PORT = 5000
@@ -79,9 +79,9 @@ def ensure_local_registry(port: int = DEFAULT_PORT) -> LocalRegistry:
         return registry
     for tool, package in (("docker-registry", "docker-registry"), ("htpasswd", "apache2-utils")):
         if shutil.which(tool) is None:
-            if not _is_root_debian():
+            if not is_root_debian():
                 raise UserError(f"{tool} is not installed", fix=f"install {package}, or pass --registry")
-            _apt_install([package])
+            apt_install([package])
     if not htpasswd.exists():
         # -i: the password comes on stdin, never on a command line
         proc = subprocess.run(["htpasswd", "-B", "-i", "-n", USER], input=password, capture_output=True,
