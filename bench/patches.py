@@ -139,9 +139,9 @@ def main() -> int:
     print(f"| {'operation':<34} | {'ours':>8} | {'baseline':>8} | {'ours/base':>9} | note")
     print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 11}|------")
     for name, ours_s, base_s, note in rows:
-        base_txt = f"{base_s:7.2f}s" if base_s is not None else "     n/a"
+        base_txt = f"{base_s:7.3f}s" if base_s is not None else "     n/a"
         ratio = f"{ours_s / base_s:8.2f}x" if base_s else "      n/a"
-        print(f"| {name:<34} | {ours_s:7.2f}s | {base_txt} | {ratio} | {note}")
+        print(f"| {name:<34} | {ours_s:7.3f}s | {base_txt} | {ratio} | {note}")
     warm = {name: s for name, s, _, _ in rows}
     goal = all(warm[k] < 1.0 for k in warm if k.startswith(("patch (warm", "unpatch (warm")))
     print(f"\ngoal (patch and unpatch of a warm workspace < 1 s each): {'met' if goal else 'NOT met'}")

@@ -153,10 +153,13 @@ def test_benchmarks_table_when_the_recipe_has_one():
     assert "# Evaluation Results" not in card.render_card(tiny, sample_record("tiny-cpu"))
 
 
-def test_model_inside_the_image_needs_no_download():
+def test_tiny_model_is_made_locally_and_mounted():
     recipe, _ = load_recipe("tiny-cpu")
     text = card.render_card(recipe, sample_record("tiny-cpu"))
-    assert "ships inside the image" in text
+    assert "make_tiny_model" in text
+    # the run command mounts it where the engine is told to look, with the variable left to expand
+    assert f'-v "$TINY_MODEL_DIR:{recipe.model.path}:ro"' in text
+    assert f"--model {recipe.model.path}" in text
 
 
 def test_template_is_strict_about_missing_values():

@@ -349,6 +349,20 @@ def test_unpatch_backup_saves_every_edit_on_a_named_ref(env: Env) -> None:
     assert second.backup_ref is None and not second.changed
 
 
+def test_an_ignored_file_where_the_stack_deleted_one_is_an_edit_too(env: Env) -> None:
+    make_stack(env, {"cpu": [("cpu: drop the data file\n", lambda root: (root / "vllm/data.bin").unlink())]})
+    patches.patch("cpu")
+    mine = write(env.ws("cpu"), "vllm/data.bin", b"my own build output")  # *.bin is ignored upstream
+    assert env.repo("cpu").status() == []
+    with pytest.raises(UserError) as err:
+        patches.unpatch("cpu")
+    assert "vllm/data.bin" in (err.value.where or "")
+    assert mine.read_bytes() == b"my own build output"
+    ref = patches.unpatch("cpu", backup=True).backup_ref
+    assert ref and env.repo("cpu").out("show", f"{ref}:vllm/data.bin") == "my own build output"
+    assert mine.read_bytes() == bytes(range(256))  # pristine again, and the user's bytes are on the ref
+
+
 def test_unpatch_of_a_clean_patched_workspace_needs_no_backup(env: Env) -> None:
     make_stack(env, STACK)
     patches.patch("cpu")

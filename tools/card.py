@@ -64,7 +64,8 @@ def run_flags(recipe: Recipe) -> list[str]:
 
 
 def docker_run_command(recipe: Recipe, image_ref: str) -> str:
-    mounts = ([f"{recipe.model.host_path}:{recipe.model.path}:ro"] if recipe.model.host_path else [])
+    host_model = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source == "tiny" else None)
+    mounts = [f"{host_model}:{recipe.model.path}:ro"] if host_model else []
     mounts += list(recipe.run.mounts)
     flags = run_flags(recipe)
     env = {k: _env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()}
@@ -77,7 +78,8 @@ def docker_run_command(recipe: Recipe, image_ref: str) -> str:
         # NPUs first, as tools.profiles orders them: before the profile's fixed devices
         first = next((i for i, g in enumerate(groups) if g[0] == "--device"), len(groups))
         lines.insert(first, ASCEND_DEVICES)
-    lines += [f"-v {shlex.quote(m)}" for m in mounts]
+    # the tiny model's folder is a shell variable the user sets: it must expand
+    lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
     lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     lines.append(shlex.quote(image_ref))
     argv = engine_argv(recipe, recipe.model.path, SERVE_HOST, recipe.serve.port)
@@ -147,6 +149,7 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "model_id": recipe.model.id,
         "model_path": recipe.model.path,
         "model_host_path": recipe.model.host_path,
+        "model_source": recipe.model.source,
         "weights_url": recipe.model.weights_url,
         "download": recipe.model.download,
         "pull_ref": record.pull_ref,

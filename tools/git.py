@@ -232,9 +232,10 @@ class Repo:
     def merges_in(self, rev_range: str) -> list[str]:
         return self.out("rev-list", "--min-parents=2", rev_range).split()
 
-    def changed_paths(self, rev_range: str, *paths: str) -> list[str]:
-        """Paths that differ across `rev_range` (limited to `paths` when given)."""
-        return self.out("diff", "--name-only", "--no-renames", rev_range, "--", *paths).splitlines()
+    def changed_paths(self, rev_range: str, *paths: str, diff_filter: str | None = None) -> list[str]:
+        """Paths that differ across `rev_range` (limited to `paths`, and to a --diff-filter, when given)."""
+        extra = [f"--diff-filter={diff_filter}"] if diff_filter else []
+        return self.out("diff", "--name-only", "--no-renames", *extra, rev_range, "--", *paths).splitlines()
 
     def subject(self, rev: str) -> str:
         return self.out("log", "-1", "--format=%s", rev)
@@ -247,9 +248,11 @@ class Repo:
         return self.run(*args, env=identity_env(author, committer), input=message).stdout.strip()
 
     def snapshot(self, work_tree: Path, *, parents: Sequence[str], message: str, author: Identity,
-                 index_file: Path, seed_index: Path | None = None, include_ignored: bool = False) -> str:
+                 index_file: Path, seed_index: Path | None = None, include_ignored: bool = False,
+                 also: Sequence[str] = ()) -> str:
         """Commit every file under `work_tree` through a private index, leaving the repository's own
-        index alone. `seed_index` (a copy of the real index) keeps git from re-hashing unchanged files."""
+        index alone. `seed_index` (a copy of the real index) keeps git from re-hashing unchanged files;
+        `also` names ignored paths to include anyway."""
         env = {"GIT_INDEX_FILE": str(index_file)}
         other = Repo(self.git_dir, work_tree)
         index_file.unlink(missing_ok=True)
@@ -257,6 +260,8 @@ class Repo:
             if seed_index is not None and seed_index.exists():
                 shutil.copyfile(seed_index, index_file)
             other.run("add", "--all", *(["--force"] if include_ignored else []), "--", ".", env=env)
+            if also:
+                other.run("add", "--force", "--", *also, env=env)
             tree = other.out("write-tree", env=env)
         finally:
             index_file.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -368,6 +369,12 @@ def find_edits(repo: Repo, state: WorkspaceState, base: str) -> Edits:
         for sha in repo.rev_list(f"{base}..{head}"):
             if sha not in state.applied:
                 commits.append(f"{sha[:12]} {repo.subject(sha)}")
+        # A file the stack deleted, present again but ignored (*.so, build/): status does not show it,
+        # yet going back to pristine would overwrite it.
+        assert repo.work_tree is not None
+        reborn = [rel for rel in repo.changed_paths(f"{base}..{head}", diff_filter="D")
+                  if os.path.lexists(repo.work_tree / rel)]
+        untracked += tuple(StatusEntry("!!", rel) for rel in reborn)
     return Edits(changed, untracked, tuple(commits))
 
 
@@ -595,7 +602,8 @@ def _backup(repo: Repo, vendor: str, edits: Edits) -> str:
         commit = repo.snapshot(repo.work_tree, parents=[head], message=message,
                                author=Identity("FlagRelease backup", APPLIER.email),
                                index_file=repo.git_dir / "flagrelease" / "backup.index",
-                               seed_index=repo.git_dir / "index")
+                               seed_index=repo.git_dir / "index",
+                               also=[e.path for e in edits.untracked if e.code == "!!"])
     repo.update_ref(ref, commit, message="flagrelease unpatch --backup")
     return ref
 
@@ -828,7 +836,14 @@ def patched_tree(vendor: str, *, lock: Lock | None = None) -> Path:
         (work / "tree" / ".git" / "flagrelease-complete").write_text(pristine.commit)
         for old in root.glob(f"{PROJECT}-{pristine.version}-{vendor}-*"):
             shutil.rmtree(old, ignore_errors=True)
-        (work / "tree").replace(dest)
+        try:
+            (work / "tree").replace(dest)
+        except OSError:
+            if not (marker.is_file() and marker.read_text() == pristine.commit):
+                raise  # not another process finishing the same tree first
+    except OSError as err:
+        raise UserError(f"cannot write the patched {vendor} tree: {err}", where=str(dest),
+                        fix=f"check free space and permissions under {root}") from err
     except GitError as err:
         raise UserError(f"cannot make the patched {vendor} tree: {err.tail(2)}", where=str(work),
                         fix="see the git error above") from err

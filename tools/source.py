@@ -224,25 +224,32 @@ def _sha256(path: Path) -> str:
 
 def unpack_sdist(archive: Path, top: str, dest: Path) -> int:
     """Unpack `archive`, whose single top folder must be `top`, so that its content becomes `dest`.
+    Returns the number of files.
 
     The 'data' filter refuses absolute paths, links leaving the tree and device files, drops the
     archive's owners (files belong to whoever unpacks, also as root) and group/other write bits.
+    One streaming pass: a random-access tarfile would decompress the archive twice.
     """
     work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+    files = 0
+
+    def checked(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        nonlocal files
+        if member.name.split("/", 1)[0] != top:
+            raise UserError(f"{archive.name} does not hold one folder {top}/ (found {member.name})",
+                            where=str(archive), fix="check versions.lock -> upstream.sdist_url")
+        files += member.isfile()
+        return tarfile.data_filter(member, path)
+
     try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            tops = {m.name.split("/", 1)[0] for m in members}
-            if tops != {top}:
-                raise UserError(f"{archive.name} does not hold one folder {top}/ (found {sorted(tops)[:5]})",
-                                where=str(archive), fix="check versions.lock -> upstream.sdist_url")
+        with tarfile.open(archive, mode="r|gz") as tar:
             try:
-                tar.extractall(work, filter="data")
+                tar.extractall(work, filter=checked)
             except tarfile.FilterError as exc:
                 raise UserError(f"{archive.name} holds an unsafe member: {exc}", where=str(archive),
                                 fix="do not use this archive; check the pin") from exc
         (work / top).replace(dest)
-        return sum(1 for m in members if m.isfile())
+        return files
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

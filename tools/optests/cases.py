@@ -29,7 +29,7 @@ class OpDef:
     small: tuple[Shape, ...]
     aten: tuple[str, ...] = ()  # aten overloads FlagGems registers (dispatched through use_gems)
     fused: str | None = None  # flag_gems attribute called directly
-    reduce: str | None = None  # shape dim reduced over (scales atol), if any
+    reduce: str | None = None  # dim a matrix product sums over (atol scales with it), if any
     exact: bool = False
 
     def __post_init__(self) -> None:
@@ -74,8 +74,7 @@ CATALOG: dict[str, OpDef] = {op.name: op for op in (
     OpDef("argmax", "greedy sampling over the vocabulary", _VOCAB, _VOCAB_S, aten=("argmax",), exact=True),
     OpDef("topk", "top-k (k=50) sampling over the vocabulary", _VOCAB, _VOCAB_S, aten=("topk",), exact=True),
     OpDef("sort", "sort of logits (top-p sampling)", _VOCAB, _VOCAB_S, aten=("sort",), exact=True),
-    OpDef("cumsum", "cumulative sum of probabilities (top-p sampling)", _VOCAB, _VOCAB_S, aten=("cumsum",),
-          reduce="V"),
+    OpDef("cumsum", "cumulative sum of probabilities (top-p sampling)", _VOCAB, _VOCAB_S, aten=("cumsum",)),
 )}
 
 

@@ -16,6 +16,7 @@ import gc
 import importlib
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +43,8 @@ class Measurement:
     torch_score: float | None = None
     torch_ms: float | None = None
     gems_ms: float | None = None
+    torch_stream_ms: float | None = None
+    gems_stream_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,7 +105,8 @@ def judge(spec: CaseSpec, m: Measurement) -> CaseResult:
     tol = spec.tolerance
     r = CaseResult(spec.op, spec.dtype, spec.shape, "passed", rtol=tol.rtol, atol=tol.atol,
                    gems_err=m.gems_err, torch_err=m.torch_err, gems_score=m.gems_score,
-                   torch_score=m.torch_score, torch_ms=m.torch_ms, gems_ms=m.gems_ms, notes=list(m.notes))
+                   torch_score=m.torch_score, torch_ms=m.torch_ms, gems_ms=m.gems_ms,
+                   torch_stream_ms=m.torch_stream_ms, gems_stream_ms=m.gems_stream_ms, notes=list(m.notes))
     if not m.gems_score <= 1.0:  # also catches NaN
         r.status = "failed"
         r.reason = (f"max |gems - ref| = {m.gems_err:.3g} is {m.gems_score:.3g}x the tolerance "
@@ -163,17 +167,38 @@ class _GemsLog(logging.Handler):
                 self.messages.append(msg)
 
 
+def gems_logger_names(gems: Any = None) -> list[str]:
+    """'flag_gems', plus the top-level names FlagGems imports its arch-specific ops under: it puts
+    runtime/backend/_nvidia on sys.path and imports 'hopper', so hopper's mm/mul log as 'hopper.ops.mul'."""
+    names = {"flag_gems"}
+    root = os.path.dirname(getattr(gems, "__file__", None) or "") if gems is not None else ""
+    if root:
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None) or ""
+            if path.startswith(root + os.sep) and not name.startswith("flag_gems"):
+                names.add(name.split(".")[0])
+    return sorted(names)
+
+
 @contextlib.contextmanager
-def capture_gems_log() -> Iterator[_GemsLog]:
-    logger = logging.getLogger("flag_gems")
-    handler, level = _GemsLog(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+def capture_gems_log(names: Sequence[str] = ("flag_gems",)) -> Iterator[_GemsLog]:
+    """Collect DEBUG records of these loggers (and their children) without passing them on to the root's
+    handlers: nothing is printed, and levels are restored afterwards."""
+    handler = _GemsLog()
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
     try:
         yield handler
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 class TorchExecutor:
@@ -188,6 +213,7 @@ class TorchExecutor:
         # float64 on the GPU where it is fast and exact; elsewhere (NPUs lack float64) on the CPU
         self.ref_device = self.device if self.device.type in {"cuda", "cpu"} else torch.device("cpu")
         self.version = getattr(gems, "__version__", "?")
+        self.loggers = gems_logger_names(gems)
         self._unused = self._vendor_unused()
 
     def _vendor_unused(self) -> set[str]:
@@ -219,28 +245,33 @@ class TorchExecutor:
         if mod is not None and hasattr(mod, "synchronize") and self.device.type != "cpu":
             mod.synchronize()
 
-    def bench(self, fn: Callable[[], Any]) -> float:
-        """Median milliseconds per call after warm-up, device-synchronised around each call."""
+    def _timed(self, fn: Callable[[], Any], calls: int) -> float:
+        """Milliseconds for `calls` back-to-back calls, from an idle device to the last one's end."""
+        if self.device.type == "cuda":
+            start = self.torch.cuda.Event(enable_timing=True)
+            end = self.torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) * 1000.0
+
+    def bench(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        """(latency, stream) in ms after warm-up. latency: median over `reps` single calls, each from an idle
+        device, so it includes the host's launch overhead (what an eager-mode engine pays per call);
+        stream: mean per call over `reps` back-to-back calls, where launches overlap the kernels."""
         for _ in range(self.warmup):
             fn()
         self.sync()
-        times: list[float] = []
-        use_events = self.device.type == "cuda"
-        for _ in range(self.reps):
-            if use_events:
-                start = self.torch.cuda.Event(enable_timing=True)
-                end = self.torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(float(start.elapsed_time(end)))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                self.sync()
-                times.append((time.perf_counter() - t0) * 1000.0)
-        return statistics.median(times)
+        latency = statistics.median(self._timed(fn, 1) for _ in range(self.reps))
+        stream = self._timed(fn, self.reps) / self.reps
+        return latency, stream
 
     def _gen(self, spec: CaseSpec) -> Any:
         seed = (self.seed * 1_000_003 + zlib.crc32(spec.case_id.encode())) & 0x7FFFFFFF
@@ -272,7 +303,7 @@ class TorchExecutor:
         notes: list[str] = []
         with torch.no_grad():
             ref = prepared.reference()
-            with capture_gems_log() as log:
+            with capture_gems_log(self.loggers) as log:
                 torch_out = prepared.torch_call()
                 self.sync()
             if log.messages:
@@ -281,7 +312,7 @@ class TorchExecutor:
             gems_ctx = self.gems.use_gems(include=names) if names else contextlib.nullcontext()
             gems_call = prepared.gems_bench or prepared.gems_call
             with gems_ctx:
-                with capture_gems_log() as log:
+                with capture_gems_log(self.loggers) as log:
                     gems_out = prepared.gems_call()
                     self.sync()
                 if names and not log.messages:
@@ -289,19 +320,21 @@ class TorchExecutor:
                     if prepared.gems_direct is None:
                         raise Skip(f"no FlagGems kernel ran for {routed} (no 'GEMS' log record)")
                     notes.append(f"{routed} ran no FlagGems kernel: called flag_gems.{spec.op}() directly")
-                    with capture_gems_log() as log:
+                    with capture_gems_log(self.loggers) as log:
                         gems_out = prepared.gems_direct()
                         self.sync()
                     if not log.messages:
                         raise Skip(f"no FlagGems kernel ran for {routed} nor for flag_gems.{spec.op}()")
                     gems_call = prepared.gems_direct
-                gems_ms = self.bench(gems_call)
+                gems_ms, gems_stream_ms = self.bench(gems_call)
             gc.collect()  # drop use_gems' torch.library registrations now, not at some later collection
-            torch_ms = self.bench(prepared.torch_call)
+            torch_ms, torch_stream_ms = self.bench(prepared.torch_call)
             self._same_kind(torch_out, gems_out)
             gems_err, gems_score = self.ops.compare(prepared, gems_out, ref, tol.rtol, tol.atol)
         return Measurement(gems_err=gems_err, gems_score=gems_score, torch_err=torch_err, torch_score=torch_score,
-                           torch_ms=round(torch_ms, 5), gems_ms=round(gems_ms, 5), notes=notes)
+                           torch_ms=round(torch_ms, 5), gems_ms=round(gems_ms, 5),
+                           torch_stream_ms=round(torch_stream_ms, 5), gems_stream_ms=round(gems_stream_ms, 5),
+                           notes=notes)
 
     def _same_kind(self, torch_out: Any, gems_out: Any) -> None:
         t = self.ops._tensors(torch_out)
