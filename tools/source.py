@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -154,9 +155,11 @@ def _materialise_git(up: Upstream, timeout: float) -> PristineTree:
     try:
         repo = git.init(work / "repo.git", bare=True)
         info(f"  fetching {up.git_url} at {up.git_commit[:12]} (timeout {timeout:.0f}s)")
-        repo.run("fetch", "--quiet", "--depth=1", "--no-tags", up.git_url, up.git_commit, timeout=timeout)
-        got = repo.rev_parse("FETCH_HEAD")
-        if got != up.git_commit:
+        # servers fetch full SHAs only: an abbreviated pin is reached through the tag, then checked
+        want = up.git_commit if len(up.git_commit) == 40 else f"refs/tags/{up.git_tag}"
+        repo.run("fetch", "--quiet", "--depth=1", "--no-tags", up.git_url, want, timeout=timeout)
+        got = repo.rev_parse("FETCH_HEAD^{commit}")
+        if not got.startswith(up.git_commit):
             raise git.GitError(["fetch"], 1, "", f"remote gave {got}, not the pinned {up.git_commit}")
         repo.update_ref(PRISTINE_BRANCH, got)
         repo.run("symbolic-ref", "HEAD", PRISTINE_BRANCH)
@@ -254,6 +257,18 @@ def unpack_sdist(archive: Path, top: str, dest: Path) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _check_sdist_commit(files: Path, up: Upstream) -> None:
+    """The sdist records the commit it was cut from; it must be the one the lock pins."""
+    version_file = files / up.name / "_version.py"
+    if not version_file.is_file():
+        return
+    found = re.search(r"commit_id = '?g?([0-9a-f]+)", version_file.read_text(encoding="utf-8"))
+    if found and not (up.git_commit.startswith(found.group(1)) or found.group(1).startswith(up.git_commit)):
+        raise UserError(f"the sdist was cut from commit {found.group(1)}, the lock pins {up.git_commit}",
+                        where=f"versions.lock -> upstream.git_commit ({version_file.name})",
+                        fix="pin the commit and the sdist of the same release")
+
+
 def _materialise_sdist(up: Upstream) -> PristineTree:
     stem = _stem(up, "sdist")
     filename = up.sdist_url.rsplit("/", 1)[-1]
@@ -262,6 +277,7 @@ def _materialise_sdist(up: Upstream) -> PristineTree:
     try:
         files = work / "tree"
         count = unpack_sdist(archive, f"{up.name}-{up.version}", files)
+        _check_sdist_commit(files, up)
         info(f"  unpacked {count} files; importing them as the base commit")
         message = (
             f"{up.name} {up.version} (pristine sdist)\n\n"
