@@ -32,23 +32,11 @@ import pytest
 import requests
 
 from tools.errors import UserError
+from tools.local_registry import CONFIG as LOCAL_REGISTRY_CONFIG
 
 USER = "flagrel-test"
-CONFIG = """version: 0.1
-log:
-  level: info
-storage:
-  filesystem:
-    rootdirectory: {data}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{port}
-auth:
-  htpasswd:
-    realm: flagrelease-test
-    path: {htpasswd}
-"""
+# the same registry configuration the main job runs with
+CONFIG = LOCAL_REGISTRY_CONFIG
 
 
 @dataclass(frozen=True)

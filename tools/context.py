@@ -15,14 +15,13 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import requests
-
 from tools import paths
-from tools.console import info, warn
+from tools.console import warn
 from tools.errors import UserError
 from tools.lock import File, LoadedLock, LocalWheel
 from tools.plan import BuildOptions, BuildPlan
 from tools.render import render_dockerfile, template_files
+from tools.source import download_verified, sha256_file
 
 ASCEND_ENTRYPOINT = """#!/bin/bash
 # CANN and ATB environments for every process in the container, then the command.
@@ -41,40 +40,10 @@ class BuildContext:
     content_key: str
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(artifact: File) -> Path:
-    """Fetch a pinned file into the cache once; a sha256 mismatch keeps nothing."""
-    target = paths.cache_dir() / "wheels" / artifact.filename
-    if target.exists() and sha256_file(target) == artifact.sha256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    info(f"  downloading {artifact.filename}")
-    try:
-        with requests.get(artifact.url, stream=True, timeout=60) as response:
-            response.raise_for_status()
-            with partial.open("wb") as out:
-                for chunk in response.iter_content(1 << 20):
-                    out.write(chunk)
-    except requests.RequestException as exc:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"could not download {artifact.filename}: {exc}", where=artifact.url,
-                        fix="check the network/proxy (HTTPS_PROXY, REQUESTS_CA_BUNDLE) or pre-seed the cache "
-                            f"at {target}") from exc
-    actual = sha256_file(partial)
-    if actual != artifact.sha256:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"{artifact.filename} has sha256 {actual}, the lock pins {artifact.sha256}",
-                        where=artifact.url, fix="the file changed upstream or a mirror serves another one")
-    partial.replace(target)
-    return target
+    """A pinned file, fetched into the cache once; a sha256 mismatch keeps nothing."""
+    return download_verified(artifact.url, paths.cache_dir() / "wheels" / artifact.filename, artifact.sha256,
+                             where=f"versions.lock ({artifact.filename})")
 
 
 def _wheel_folders(options: BuildOptions) -> list[Path]:

@@ -178,11 +178,12 @@ def _materialise_git(up: Upstream, timeout: float) -> PristineTree:
 # --- sdist ----------------------------------------------------------------------------------------------
 
 
-def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60) -> Path:
+def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60,
+                      where: str = "versions.lock -> upstream.sdist_url") -> Path:
     """`dest` holding `url`'s bytes, checked against `sha256`; a bad download is deleted, never kept."""
     import requests  # only when downloading: keeps the warm commands (patch, unpatch) quick to start
 
-    if dest.is_file() and _sha256(dest) == sha256:
+    if dest.is_file() and sha256_file(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -199,7 +200,7 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60)
         part.unlink(missing_ok=True)
         raise UserError(
             f"cannot download {url}: {exc}",
-            where="versions.lock -> upstream.sdist_url",
+            where=where,
             fix="check the network, HTTPS_PROXY and REQUESTS_CA_BUNDLE (TLS-intercepting proxies), "
                 f"or put the verified file at {dest}",
         ) from exc
@@ -209,7 +210,7 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60)
         dest.unlink(missing_ok=True)
         raise UserError(
             f"sha256 mismatch for {url}: expected {sha256}, got {got}; nothing was unpacked",
-            where="versions.lock -> upstream.sdist_sha256",
+            where=where,
             fix="the file changed or the download was tampered with: check the URL and the pin "
                 "(pins change only on purpose, in a reviewed commit)",
         )
@@ -217,7 +218,7 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60)
     return dest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
