@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,7 +51,14 @@ def _download(artifact: File) -> Path:
 def _wheel_folders(options: BuildOptions) -> list[Path]:
     folders = list(options.wheelhouse)
     # pip's own find-links configuration is where machines keep wheels that no index has
-    for entry in os.environ.get("PIP_FIND_LINKS", "").split():
+    entries = os.environ.get("PIP_FIND_LINKS", "").split()
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                            check=False).stdout
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("find-links"):
+            entries += value.strip().strip("'\"").split()
+    for entry in dict.fromkeys(entries):
         folders.append(Path(entry.removeprefix("file://")))
     return folders
 
