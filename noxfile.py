@@ -98,6 +98,12 @@ def smoke(session: nox.Session) -> None:
     _tool(session, "smoke")
 
 
+@nox.session(name="op-tests")
+def op_tests(session: nox.Session) -> None:
+    """FlagGems operator tests: nox -s op-tests -- RECIPE [--image REF | --host] [--out DIR]"""
+    _tool(session, "op-tests")
+
+
 @nox.session
 def publish(session: nox.Session) -> None:
     """Push a validated image, verify digests, write record + card: nox -s publish -- RECIPE [--dry-run]"""

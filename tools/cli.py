@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-nvidia": ("tools.build_cli", "build, validate (and --push) an nvidia recipe's image"),
     "build-ascend": ("tools.build_cli", "build, validate (and --push) an ascend recipe's image"),
     "smoke": ("tools.smoke_cli", "serve a built image and check it through the OpenAI API"),
+    "op-tests": ("tools.optests_cli", "FlagGems operator tests vs torch against float64 references"),
     "publish": ("tools.publish_cli", "push a validated image (immutable + moving tags), verify, record, card"),
 }
 
