@@ -42,7 +42,7 @@ def one_build(options: BuildOptions) -> tuple[float, object, object]:
     return time.monotonic() - start, ctx, image
 
 
-def edit_one_patch() -> None:
+def edit_one_patch(marker: str) -> None:
     """The vendor-engineer workflow: patch, amend the top commit by one line, export-patches."""
     patches.patch("cpu")
     repo = patches.workspace_dir("cpu")
@@ -50,7 +50,7 @@ def edit_one_patch() -> None:
                              capture_output=True, text=True, check=True).stdout.split()
     target = repo / sorted(changed)[0]
     with target.open("a") as handle:
-        handle.write("# bench: one-line change\n")
+        handle.write(f"# bench: one-line change {marker}\n")
     subprocess.run(["git", "-C", str(repo), "commit", "-q", "-a", "--amend", "--no-edit"], check=True)
     patches.export("cpu")
 
@@ -92,18 +92,28 @@ def main() -> int:
     noop, _, image = one_build(BuildOptions())
     assert image.skipped
     rows.append(("no-op rebuild", noop))
-    edit_one_patch()
+    edit_one_patch("1")
     one, ctx2, image2 = one_build(BuildOptions())
     assert not image2.skipped
-    rows.append(("one-patch rebuild", one))
-    plain = plain_docker_build(ctx2, patches.patched_tree("cpu"))
-    rows.append(("plain docker build, whole tree context (warm cache)", plain))
+    rows.append(("one-patch rebuild (ours: patch, context, build)", one))
+    # a second one-line change, so the plain build also has exactly one new layer to make
+    edit_one_patch("2")
+    prepared_start = time.monotonic()
+    plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
+    tree = patches.patched_tree("cpu")
+    prep = time.monotonic() - prepared_start
+    ctx_plain = prepare_context(plan, loaded, recipe_file, BuildOptions(),
+                                pristine=source.fetch_source(loaded.lock).path, patched=tree,
+                                stamp_text=patches.stamp_module_text(patches.stack_info("cpu")))
+    plain = prep + plain_docker_build(ctx_plain, tree)
+    rows.append(("one-patch rebuild, plain docker build of whole tree", plain))
     print(f"\n{'case':<55} {'seconds':>9} {'vs cold':>9}")
     for name, seconds in rows:
         print(f"{name:<55} {seconds:9.2f} {seconds / cold:9.3f}")
     print(f"\nno-op goal < 2 s: {'met' if noop < 2 else 'MISSED'}; "
           f"one-patch goal < 10% of cold: {'met' if one < 0.1 * cold else 'MISSED'} ({one / cold:.1%})")
-    print(f"one-patch rebuild vs plain docker build of the same change: {plain / one:.1f}x faster")
+    print(f"one-patch rebuild: ours {one:.2f}s, plain docker build with the whole tree as context {plain:.2f}s "
+          f"(ours/plain {one / plain:.2f})")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
