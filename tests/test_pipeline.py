@@ -1,0 +1,73 @@
+"""The build sessions as a user runs them: `python -m tools build-<vendor> RECIPE ...`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tools import PROJECT_ROOT
+
+
+def run(*args: str, build_dir=None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+    if build_dir is not None:
+        env["FLAGREL_BUILD"] = str(build_dir)
+    return subprocess.run([sys.executable, "-m", "tools", *args], capture_output=True, text=True, env=env,
+                          cwd=PROJECT_ROOT, timeout=1800, check=False)
+
+
+def test_wrong_vendor_session_is_one_clear_error(build_dir):
+    proc = run("build-nvidia", "tiny-cpu", build_dir=build_dir)
+    assert proc.returncode == 2
+    assert "recipe tiny-cpu is for vendor cpu, not nvidia" in proc.stderr
+    assert "nox -s build-cpu -- tiny-cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_dry_run_prints_the_plan_and_builds_nothing(build_dir):
+    proc = run("build-nvidia", "robobrain2-7b-fp8dynamic-nvidia", "--dry-run", build_dir=build_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "install       wheel-overlay" in proc.stdout
+    assert "FROM nvidia/cuda:13.0.3-devel-ubuntu24.04@sha256:" in proc.stdout
+    assert not (build_dir / "contexts").exists()
+
+
+def test_unpinned_base_is_refused_before_anything_runs(build_dir):
+    proc = run("build-ascend", "robobrain2-32b-ascend", build_dir=build_dir)
+    assert proc.returncode == 2
+    assert "has no digest in the lock" in proc.stderr and "imagetools inspect" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_render_writes_dockerfile_and_plan(build_dir):
+    proc = run("render", "tiny-cpu", build_dir=build_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert (build_dir / "rendered" / "tiny-cpu" / "Dockerfile").read_text() in proc.stdout
+    assert (build_dir / "rendered" / "tiny-cpu" / "plan.json").is_file()
+
+
+@pytest.mark.e2e
+@pytest.mark.docker
+def test_build_cpu_session_builds_smokes_and_op_tests(tiny_cpu_image, build_dir):
+    """The whole tiny-cpu path: the image (reused by content key), the real smoke, the op tests."""
+    proc = run("build-cpu", "tiny-cpu", build_dir=build_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "reused (content key matched)" in out
+    assert "smoke    passed" in out and "op-tests passed" in out
+    assert list((build_dir / "results").glob("*/smoke.json")) and list((build_dir / "results").glob("*/op-tests.json"))
+
+
+@pytest.mark.e2e
+@pytest.mark.docker
+def test_skipping_a_check_is_recorded_and_blocks_publishing(tiny_cpu_image, build_dir):
+    proc = run("build-cpu", "tiny-cpu", "--skip-smoke", "known flaky host", "--skip-op-tests", "no time",
+               build_dir=build_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "smoke    skipped: known flaky host" in proc.stdout
+    refused = run("publish", "tiny-cpu", "--registry", "127.0.0.1:1", build_dir=build_dir)
+    assert refused.returncode != 0
+    assert "--skip-smoke" in refused.stderr or "skipped" in refused.stderr
