@@ -70,6 +70,16 @@ def plain_docker_build(ctx, patched: Path) -> float:
         return time.monotonic() - start
 
 
+def _image_id(ref: str) -> str | None:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() or None
+
+
+def ctx_plain_image_id() -> str | None:
+    return _image_id("flagrelease-bench/plain:latest")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep-cache", action="store_true")
@@ -84,6 +94,10 @@ def main() -> int:
     base = loaded.lock.vendors["cpu"].base
     assert isinstance(base, DebootstrapBase)
     engine.ensure_debootstrap_base(base)
+    # the bench builds the real recipe under its real tags: give them back afterwards
+    listed = subprocess.run(["docker", "images", "--no-trunc", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}",
+                             "flagrelease-local/tiny-cpu"], capture_output=True, text=True, check=True).stdout
+    before = dict(line.split() for line in listed.splitlines() if line.strip())
     if not args.keep_cache:
         subprocess.run(["docker", "builder", "prune", "-af"], check=True, capture_output=True)
     rows: list[tuple[str, float]] = []
@@ -115,6 +129,12 @@ def main() -> int:
     print(f"one-patch rebuild: ours {one:.2f}s, plain docker build with the whole tree as context {plain:.2f}s "
           f"(ours/plain {one / plain:.2f})")
     shutil.rmtree(work, ignore_errors=True)
+    built = {image.image_id, image2.image_id, ctx_plain_image_id()}
+    for ref, old in before.items():
+        if old:
+            subprocess.run(["docker", "tag", old, ref], check=True)
+    subprocess.run(["docker", "rmi", "-f", *sorted(i for i in built if i and i not in before.values())],
+                   capture_output=True, check=False)
     return 0
 
 
