@@ -216,9 +216,6 @@ class Repo:
     def update_ref(self, ref: str, sha: str, message: str = "flagrelease") -> None:
         self.run("update-ref", "-m", message, ref, sha)
 
-    def delete_ref(self, ref: str) -> None:
-        self.run("update-ref", "-d", ref, check=False)
-
     def refs(self, prefix: str) -> list[str]:
         return self.out("for-each-ref", "--format=%(refname)", prefix).splitlines()
 
@@ -426,7 +423,3 @@ def _fast_import_path(rel: bytes) -> bytes:
         else:
             out.append(c)
     return bytes(out + b'"')
-
-
-def is_repo(work_tree: Path) -> bool:
-    return (work_tree / ".git").is_dir()

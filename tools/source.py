@@ -104,15 +104,6 @@ def _cache_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached_source(lock: Lock) -> PristineTree | None:
-    """The already materialised tree for this lock, if any (git first); never touches the network."""
-    for origin in ("git", "sdist"):
-        tree = _load_marker(_stem(lock.upstream, origin))
-        if tree:
-            return tree
-    return None
-
-
 def fetch_source(lock: Lock, *, mode: str | None = None, git_timeout: float | None = None) -> PristineTree:
     """Materialise the pristine upstream tree (once) and return where it lies."""
     mode = mode or os.environ.get("FLAGREL_SOURCE", "auto")
