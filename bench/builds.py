@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools import PROJECT_ROOT, engine, patches, source  # noqa: E402
 from tools.build import build_image  # noqa: E402
 from tools.build_cli import plan_for  # noqa: E402
+from tools.container import image_exists, image_id  # noqa: E402
 from tools.context import prepare_context  # noqa: E402
 from tools.lock import DebootstrapBase  # noqa: E402
 from tools.plan import BuildOptions  # noqa: E402
@@ -70,14 +71,9 @@ def plain_docker_build(ctx, patched: Path) -> float:
         return time.monotonic() - start
 
 
-def _image_id(ref: str) -> str | None:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True,
-                          text=True, check=False)
-    return proc.stdout.strip() or None
-
-
 def ctx_plain_image_id() -> str | None:
-    return _image_id("flagrelease-bench/plain:latest")
+    ref = "flagrelease-bench/plain:latest"
+    return image_id(ref) if image_exists(ref) else None
 
 
 def main() -> int:

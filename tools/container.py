@@ -177,15 +177,19 @@ def _inspect(ref: str, template: str) -> str:
     return proc.stdout.strip()
 
 
+def image_facts(ref: str) -> tuple[str, dict[str, str]]:
+    """The sha256:... id (content address of the image config) and the labels, from one inspect."""
+    ident, _, raw = _inspect(ref, "{{.Id}} {{json .Config.Labels}}").partition(" ")
+    labels = json.loads(raw) if raw else None
+    return ident, dict(labels or {})
+
+
 def image_id(ref: str) -> str:
-    """The sha256:... id (content address of the image config)."""
-    return _inspect(ref, "{{.Id}}")
+    return image_facts(ref)[0]
 
 
 def image_labels(ref: str) -> dict[str, str]:
-    raw = _inspect(ref, "{{json .Config.Labels}}")
-    labels = json.loads(raw) if raw else None
-    return dict(labels or {})
+    return image_facts(ref)[1]
 
 
 def leftover_containers(name_prefix: str) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tools import paths
 from tools.console import info, new_log, phase, print_tail, run_logged
+from tools.container import image_exists
 from tools.errors import UserError
 from tools.lock import DebootstrapBase
 
@@ -126,10 +127,6 @@ def ensure_engine() -> EngineInfo:
         raise UserError("Docker engine or buildx still missing after bootstrap",
                         fix="run `docker version` and `docker buildx version` to see what is wrong")
     return EngineInfo(server_version=version, buildx_version=bx)
-
-
-def image_exists(ref: str) -> bool:
-    return _ok(["docker", "image", "inspect", "--format", "{{.Id}}", ref]) is not None
 
 
 def ensure_debootstrap_base(base: DebootstrapBase) -> str:

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from tools import labels, results
 from tools.console import console, info, new_log, phase
-from tools.container import Container, image_id, image_labels, running_container
+from tools.container import Container, image_facts, running_container
 from tools.errors import UserError
 from tools.profiles import docker_run_flags
 from tools.recipe import Recipe, engine_argv
@@ -280,8 +280,8 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
     """Serve the recipe's model from the image and check it answers. Raises SmokeFailed if it never
     becomes ready; returns a report (passed or not) otherwise. Both ways the report is written and stored."""
     with phase(f"Smoke: prepare {recipe.name}"):
-        ident = image_id(image_ref)
-        stack_id = image_labels(image_ref).get(labels.STACK_ID)
+        ident, found_labels = image_facts(image_ref)
+        stack_id = found_labels.get(labels.STACK_ID)
         host_model = _model_dir(recipe, model_dir)
         chosen = _pick_port(recipe, port)
         info(f"  image {image_ref} ({ident[:19]}), stack id {stack_id or '(none)'}")
