@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tools import PROJECT_ROOT
 from tools import labels as L
-from tools.console import RunResult, info, new_log, print_tail, run_logged
+from tools.console import RunResult, info, new_log, print_tail, redact, run_logged
 from tools.context import BuildContext
 from tools.errors import UserError
 from tools.plan import BuildOptions
@@ -27,6 +28,15 @@ class BuiltImage:
     content_key: str
     skipped: bool
     log: Path | None
+
+
+def source_url() -> str:
+    """Where this factory's code lives (OCI source label): FLAGREL_SOURCE_URL, else the checkout's remote."""
+    if os.environ.get("FLAGREL_SOURCE_URL"):
+        return os.environ["FLAGREL_SOURCE_URL"]
+    proc = subprocess.run(["git", "-C", str(PROJECT_ROOT), "remote", "get-url", "origin"], capture_output=True,
+                          text=True, check=False)
+    return redact(proc.stdout.strip()) or "unknown"
 
 
 def find_by_content_key(key: str) -> str | None:
@@ -100,7 +110,7 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
         cmd = ["docker", "buildx", "build", "--progress", "plain", "--network", "host",
                "--platform", plan.platforms[0], "--iidfile", str(iidfile),
                "-f", str(ctx.dockerfile), "-t", plan.local_ref, "-t", key_ref]
-        for key, value in plan.labels(ctx.content_key, created, revision).items():
+        for key, value in plan.labels(ctx.content_key, created, revision, source_url()).items():
             cmd += ["--label", f"{key}={value}"]
         ca = options.ca_bundle or default_ca_bundle()
         if ca is not None:

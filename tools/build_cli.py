@@ -80,34 +80,31 @@ def _revision() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def render(recipe_arg: str, options: BuildOptions) -> Path:
-    """Write and print the plan and the Dockerfile (no downloads, no engine needed)."""
-    plan, loaded, _, _ = plan_for(recipe_arg, None, options)
-    out = paths.build_dir() / "rendered" / plan.recipe
-    out.mkdir(parents=True, exist_ok=True)
+def render(recipe_arg: str, vendor: str | None, options: BuildOptions, *, write: bool) -> None:
+    """Print the plan and the Dockerfile (no downloads, no engine); with write, keep both in build/."""
+    plan, loaded, _, _ = plan_for(recipe_arg, vendor, options)
     text = render_dockerfile(plan, loaded)
-    (out / "Dockerfile").write_text(text)
-    (out / "plan.json").write_text(plan.to_json() + "\n")
     print(plan.describe())
     print()
     print(text, end="")
-    info(f"wrote {out / 'Dockerfile'} and {out / 'plan.json'}")
-    return out
+    if write:
+        out = paths.build_dir() / "rendered" / plan.recipe
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "Dockerfile").write_text(text)
+        (out / "plan.json").write_text(plan.to_json() + "\n")
+        info(f"wrote {out / 'Dockerfile'} and {out / 'plan.json'}")
 
 
 def command(name: str, args: argparse.Namespace) -> int:
     options = options_from(args)
     if name == "render":
-        render(args.recipe, options)
+        render(args.recipe, None, options, write=True)
         return 0
     vendor = name.removeprefix("build-")
     if vendor not in VENDORS:
         raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(VENDORS)}")
     if args.dry_run:
-        plan, loaded, _, _ = plan_for(args.recipe, vendor, options)
-        print(plan.describe())
-        print()
-        print(render_dockerfile(plan, loaded), end="")
+        render(args.recipe, vendor, options, write=False)
         return 0
     from tools.pipeline import run_release
 

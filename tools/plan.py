@@ -93,9 +93,9 @@ class BuildPlan:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
-    def labels(self, content_key: str, created: str, revision: str) -> dict[str, str]:
+    def labels(self, content_key: str, created: str, revision: str, source: str) -> dict[str, str]:
         return {
-            L.SOURCE: "https://github.com/flagos-ai/flagrelease",
+            L.SOURCE: source,
             L.REVISION: revision,
             L.VERSION: f"{self.vllm_version}+flagos.{self.stack.short_id}",
             L.CREATED: created,
