@@ -22,23 +22,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import PROJECT_ROOT, engine, patches, source  # noqa: E402
+from tools import PROJECT_ROOT, engine, patches  # noqa: E402
 from tools.build import build_image  # noqa: E402
 from tools.build_cli import plan_for  # noqa: E402
 from tools.container import image_exists, image_id  # noqa: E402
-from tools.context import prepare_context  # noqa: E402
 from tools.lock import DebootstrapBase  # noqa: E402
+from tools.pipeline import context_for  # noqa: E402
 from tools.plan import BuildOptions  # noqa: E402
 
 
 def one_build(options: BuildOptions) -> tuple[float, object, object]:
     start = time.monotonic()
     plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", options)
-    pristine = source.fetch_source(loaded.lock)
-    patched = patches.patched_tree("cpu")
-    stamp = patches.stamp_module_text(patches.stack_info("cpu"))
-    ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
-                          stamp_text=stamp)
+    ctx = context_for(plan, loaded, recipe_file, options)
     image = build_image(ctx, options, revision="bench")
     return time.monotonic() - start, ctx, image
 
@@ -112,9 +108,7 @@ def main() -> int:
     plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
     tree = patches.patched_tree("cpu")
     prep = time.monotonic() - prepared_start
-    ctx_plain = prepare_context(plan, loaded, recipe_file, BuildOptions(),
-                                pristine=source.fetch_source(loaded.lock).path, patched=tree,
-                                stamp_text=patches.stamp_module_text(patches.stack_info("cpu")))
+    ctx_plain = context_for(plan, loaded, recipe_file, BuildOptions())
     plain = prep + plain_docker_build(ctx_plain, tree)
     rows.append(("one-patch rebuild, plain docker build of whole tree", plain))
     print(f"\n{'case':<55} {'seconds':>9} {'vs cold':>9}")

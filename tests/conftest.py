@@ -10,6 +10,16 @@ import pytest
 from tools.errors import UserError
 
 
+def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> Path:
+    """A file in a fake tree, bytes exact (CRLF, no final newline, modes)."""
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    if mode is not None:
+        path.chmod(mode)
+    return path
+
+
 @pytest.fixture(scope="session")
 def docker_engine():
     """A Docker engine with buildx: started (and installed, when root on Debian) by tools.engine."""
@@ -43,19 +53,14 @@ def debian_base(docker_engine) -> str:
 
 def build_recipe(recipe: str, vendor: str, options=None):
     """The build sessions' stages, without validation: plan, patched source, context, image."""
-    from tools import patches, source
     from tools.build import build_image
     from tools.build_cli import plan_for
-    from tools.context import prepare_context
+    from tools.pipeline import context_for
     from tools.plan import BuildOptions
 
     options = options or BuildOptions()
     plan, loaded, _, recipe_file = plan_for(recipe, vendor, options)
-    pristine = source.fetch_source(loaded.lock)
-    patched = patches.patched_tree(vendor)
-    stamp = patches.stamp_module_text(patches.stack_info(vendor))
-    ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
-                          stamp_text=stamp)
+    ctx = context_for(plan, loaded, recipe_file, options)
     return ctx, build_image(ctx, options, revision="test")
 
 

@@ -7,21 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import write
 
 from tools import git
 from tools.git import GitError, Identity, Repo
 
 AUTHOR = Identity("Ada Author", "ada@example.invalid", "2020-02-02T10:00:00+0000")
 BASE = Identity("Base", "base@example.invalid", "2000-01-01T00:00:00+0000")
-
-
-def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    if mode is not None:
-        path.chmod(mode)
-    return path
 
 
 def upstream_files(root: Path) -> None:

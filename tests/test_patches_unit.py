@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import write
 
 from tools import cli, git, patches, source
 from tools.errors import UserError
@@ -24,15 +25,6 @@ from tools.source import PristineTree
 
 AUTHOR = Identity("FlagRelease", "flagrelease@example.invalid", "2026-01-02T03:04:05+0000")
 HEADER = "# test series header, kept by export\n"
-
-
-def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    if mode is not None:
-        path.chmod(mode)
-    return path
 
 
 def fake_upstream(root: Path) -> None:

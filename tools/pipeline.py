@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tools import engine, patches, results, source
 from tools.build import BuiltImage, build_image
 from tools.build_cli import plan_for
 from tools.console import info, phase
-from tools.context import prepare_context
+from tools.context import BuildContext, prepare_context
 from tools.errors import UserError
-from tools.lock import DebootstrapBase
-from tools.plan import BuildOptions
+from tools.lock import DebootstrapBase, LoadedLock
+from tools.plan import BuildOptions, BuildPlan
 
 
 @dataclass
@@ -39,6 +40,15 @@ def _record_skip(image_id: str, kind: results.Kind, reason: str) -> None:
     results.store(results.StoredResult(kind=kind, image_id=image_id, passed=False, skipped_reason=reason))
 
 
+def context_for(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, options: BuildOptions) -> BuildContext:
+    """Pristine tree + the vendor's patched tree + its stamp -> the build context."""
+    pristine = source.fetch_source(loaded.lock)
+    patched = patches.patched_tree(plan.vendor, lock=loaded.lock)
+    stamp = patches.stamp_module_text(patches.stack_info(plan.vendor))
+    return prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
+                           stamp_text=stamp)
+
+
 def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smoke: str | None,
                 skip_op_tests: str | None, push: bool, local_registry: bool, revision: str) -> ReleaseReport:
     with phase("Plan"):
@@ -57,14 +67,8 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         if not plan.base_overridden and isinstance(base, DebootstrapBase):
             engine.ensure_debootstrap_base(base)
 
-    with phase("Patched source"):
-        pristine = source.fetch_source(loaded.lock)
-        patched = patches.patched_tree(vendor)
-        stamp = patches.stamp_module_text(patches.stack_info(vendor))
-
-    with phase("Build context"):
-        ctx = prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
-                              stamp_text=stamp)
+    with phase("Patched source and build context"):
+        ctx = context_for(plan, loaded, recipe_file, options)
         info(f"  {ctx.directory} ({ctx.plan.install_mode}); content key {ctx.content_key[:12]}")
 
     with phase(f"Image build ({ctx.plan.install_mode})"):
