@@ -116,3 +116,11 @@ def test_image_helpers(debian_image: str) -> None:
         image_id("flagrelease-test/no-such-image:nope")
     with pytest.raises(ImageNotFound):
         image_labels("flagrelease-test/no-such-image:nope")
+
+
+def test_no_engine_is_said_plainly_not_as_a_missing_image(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with pytest.raises(UserError) as info:
+        image_id("flagrelease-local/tiny-cpu:latest")
+    assert info.value.what == "no Docker engine answers"
+    assert not isinstance(info.value, ImageNotFound)

@@ -31,6 +31,10 @@ def _docker(args: Sequence[str], *, timeout: float | None = 60, check: bool = Tr
                               check=False)
     except FileNotFoundError as exc:
         raise UserError("the docker CLI is not installed", fix="install docker (the client and an engine)") from exc
+    if proc.returncode != 0 and "Cannot connect to the Docker daemon" in proc.stderr:
+        # otherwise an image lookup would read as "image not found"
+        raise UserError("no Docker engine answers", where=proc.stderr.strip().splitlines()[-1],
+                        fix="start the engine (dockerd), or run a build session, which starts one on Debian")
     if check and proc.returncode != 0:
         raise UserError(f"docker {args[0]} failed: {proc.stderr.strip() or f'exit {proc.returncode}'}",
                         where="docker " + " ".join(args[:3]))
