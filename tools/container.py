@@ -181,11 +181,15 @@ def _inspect(ref: str, template: str) -> str:
     return proc.stdout.strip()
 
 
+def inspect_image(ref: str) -> dict:
+    """Everything the engine knows of a local image (docker image inspect), in one call."""
+    return json.loads(_inspect(ref, "{{json .}}"))
+
+
 def image_facts(ref: str) -> tuple[str, dict[str, str]]:
-    """The sha256:... id (content address of the image config) and the labels, from one inspect."""
-    ident, _, raw = _inspect(ref, "{{.Id}} {{json .Config.Labels}}").partition(" ")
-    labels = json.loads(raw) if raw else None
-    return ident, dict(labels or {})
+    """The sha256:... id (content address of the image config) and the labels."""
+    data = inspect_image(ref)
+    return data["Id"], dict((data.get("Config") or {}).get("Labels") or {})
 
 
 def image_id(ref: str) -> str:

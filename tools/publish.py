@@ -13,7 +13,6 @@ Order of events (each step refuses with one message rather than leaving a half-d
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tools import container, paths, results
 from tools import labels as L
-from tools import paths, results
 from tools.card import render_card
 from tools.console import info, new_log, phase, stderr_line
 from tools.errors import UserError
@@ -75,13 +74,7 @@ class LocalImage:
 
 
 def inspect_image(ref: str) -> LocalImage:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", ref], capture_output=True,
-                          text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise UserError(f"image {ref} is not in the local docker engine",
-                        where=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "docker image inspect",
-                        fix="build it first (nox -s build-<vendor> -- RECIPE), or name it with --image")
-    data = json.loads(proc.stdout)
+    data = container.inspect_image(ref)
     return LocalImage(ref=ref, image_id=data["Id"], labels=(data.get("Config") or {}).get("Labels") or {},
                       repo_digests=tuple(data.get("RepoDigests") or ()))
 
