@@ -22,13 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import PROJECT_ROOT, engine, patches  # noqa: E402
-from tools.build import build_image  # noqa: E402
-from tools.build_cli import plan_for  # noqa: E402
-from tools.container import image_exists, image_id  # noqa: E402
-from tools.lock import DebootstrapBase  # noqa: E402
+from tools import PROJECT_ROOT, patches
+from tools.core.lock import DebootstrapBase  # noqa: E402
+from tools.mech import host as engine
+from tools.mech.docker import image_exists, image_id  # noqa: E402
 from tools.pipeline import context_for  # noqa: E402
-from tools.plan import BuildOptions  # noqa: E402
+from tools.stages.build import build_image  # noqa: E402
+from tools.stages.plan import (
+    BuildOptions,  # noqa: E402
+    plan_for,  # noqa: E402
+)
 
 
 def one_build(options: BuildOptions) -> tuple[float, object, object]:

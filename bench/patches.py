@@ -29,8 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import PROJECT_ROOT, git, patches, source  # noqa: E402
-from tools.lock import VENDORS, load_lock  # noqa: E402
+from tools import PROJECT_ROOT, source
+from tools.core.lock import VENDORS, load_lock  # noqa: E402
+from tools.mech import git
+from tools.mech.download import download_verified
+from tools.stages import patches
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -80,7 +83,7 @@ def main() -> int:
         pristine = source.fetch_source(lock)
 
         def baseline_fetch() -> None:
-            archive = source.download_verified(up.sdist_url, tmp / "plain-dl" / "vllm.tar.gz", up.sdist_sha256)
+            archive = download_verified(up.sdist_url, tmp / "plain-dl" / "vllm.tar.gz", up.sdist_sha256)
             (tmp / "plain-tree").mkdir()
             subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp / "plain-tree")], check=True)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.errors import UserError
+from tools.core.errors import UserError
 
 
 def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> Path:
@@ -23,7 +23,7 @@ def write(root: Path, rel: str, data: bytes | str, mode: int | None = None) -> P
 @pytest.fixture(scope="session")
 def docker_engine():
     """A Docker engine with buildx: started (and installed, when root on Debian) by tools.engine."""
-    from tools import engine
+    from tools.mech import host as engine
 
     try:
         return engine.ensure_engine()
@@ -43,8 +43,8 @@ def build_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def debian_base(docker_engine) -> str:
     """The locked Debian 12 base (debootstrap + import, cached): python3, no vLLM."""
-    from tools import engine
-    from tools.lock import DebootstrapBase, load_lock
+    from tools.core.lock import DebootstrapBase, load_lock
+    from tools.mech import host as engine
 
     base = load_lock().lock.vendors["cpu"].base
     assert isinstance(base, DebootstrapBase)
@@ -53,10 +53,9 @@ def debian_base(docker_engine) -> str:
 
 def build_recipe(recipe: str, vendor: str, options=None):
     """The build sessions' stages, without validation: plan, patched source, context, image."""
-    from tools.build import build_image
-    from tools.build_cli import plan_for
     from tools.pipeline import context_for
-    from tools.plan import BuildOptions
+    from tools.stages.build import build_image
+    from tools.stages.plan import BuildOptions, plan_for
 
     options = options or BuildOptions()
     plan, loaded, _, recipe_file = plan_for(recipe, vendor, options)

@@ -31,8 +31,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tools.errors import UserError
-from tools.local_registry import CONFIG as LOCAL_REGISTRY_CONFIG
+from tools.core.errors import UserError
+from tools.mech import docker
+from tools.mech.local_registry import CONFIG as LOCAL_REGISTRY_CONFIG
 
 USER = "flagrel-test"
 # the same registry configuration the main job runs with
@@ -71,15 +72,6 @@ def _fail_or_skip(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
-
-
-def engine_answers() -> str | None:
-    try:
-        proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
-                              text=True, timeout=20, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def free_port() -> int:
@@ -138,9 +130,9 @@ def docker_cli() -> str:
 
     On a fresh machine (CI) the engine is installed and started the way the build sessions do it.
     """
-    version = engine_answers()
+    version = docker.engine_version()
     if version is None:
-        from tools import engine
+        from tools.mech import host as engine
 
         try:
             version = engine.ensure_engine().server_version
@@ -155,7 +147,7 @@ def _ensure_registry_tools() -> None:
                if shutil.which(tool) is None]
     if not missing:
         return
-    from tools.engine import apt_install, is_root_debian
+    from tools.mech.host import apt_install, is_root_debian
 
     if is_root_debian():
         apt_install(missing)

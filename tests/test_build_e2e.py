@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import build_recipe
 
-from tools import labels, patches
-from tools.errors import UserError
-from tools.plan import BuildOptions
+from tools.core import labels
+from tools.core.errors import UserError
+from tools.stages import patches
+from tools.stages.plan import BuildOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

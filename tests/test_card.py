@@ -10,10 +10,10 @@ import jinja2
 import pytest
 import yaml
 
-from tools import card
-from tools.profiles import docker_run_flags
-from tools.recipe import available, load_recipe
-from tools.record import (
+from tools.core.profiles import docker_run_flags
+from tools.core.recipe import available, load_recipe
+from tools.stages import card
+from tools.stages.record import (
     HostFacts,
     PatchFile,
     PatchStack,

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from tools import PROJECT_ROOT
-from tools.container import (
+from tools.core.errors import UserError
+from tools.mech.docker import (
     ImageNotFound,
     image_id,
     image_labels,
     leftover_containers,
     running_container,
 )
-from tools.errors import UserError
 
 pytestmark = pytest.mark.docker
 
@@ -90,7 +90,7 @@ def test_failed_start_is_a_user_error_and_leaves_nothing(debian_image: str, pref
 def test_ctrl_c_removes_the_container(debian_image: str, prefix: str) -> None:
     code = (
         "import sys, time\n"
-        "from tools.container import running_container\n"
+        "from tools.mech.docker import running_container\n"
         "with running_container(sys.argv[1], ['sleep', '60'], name_prefix=sys.argv[2]):\n"
         "    print('up', flush=True)\n"
         "    time.sleep(60)\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import write
 
-from tools import git
-from tools.git import GitError, Identity, Repo
+from tools.mech import git
+from tools.mech.git import GitError, Identity, Repo
 
 AUTHOR = Identity("Ada Author", "ada@example.invalid", "2020-02-02T10:00:00+0000")
 BASE = Identity("Base", "base@example.invalid", "2000-01-01T00:00:00+0000")

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.errors import UserError
-from tools.lock import load_lock
-from tools.paths import lock_file
+from tools.core.errors import UserError
+from tools.core.lock import load_lock
+from tools.core.paths import lock_file
 
 
 def test_project_lock_loads_and_pins_everything():

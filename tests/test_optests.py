@@ -21,8 +21,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tools import PROJECT_ROOT, optests_cli
-from tools.errors import UserError
+from tools import PROJECT_ROOT
+from tools.cli import optests as op_tests_command
+from tools.core.errors import UserError
+from tools.core.recipe import load_recipe
 from tools.optests import report
 from tools.optests.cases import CATALOG, CaseSpec, UnknownName, select, shape
 from tools.optests.report import CaseResult
@@ -36,7 +38,7 @@ from tools.optests.runner import (
     run_cases,
 )
 from tools.optests.tolerances import EXACT, TOLERANCES, Tolerance, score, tolerance_for, within
-from tools.recipe import load_recipe
+from tools.stages import op_tests as optests_cli
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 NO_DEVICE = "No device were detected on your machine !"
@@ -551,19 +553,19 @@ def test_ascend_passes_only_devices_this_host_has(monkeypatch):
 def test_container_is_removed_even_when_the_run_is_interrupted(tmp_path, monkeypatch, build_dir):
     recipe, _ = load_recipe("robobrain2-7b-fp8dynamic-nvidia")
     calls: list[list[str]] = []
-    monkeypatch.setattr("tools.container.image_id", lambda ref: "sha256:" + "ab" * 32)
+    monkeypatch.setattr("tools.mech.docker.image_id", lambda ref: "sha256:" + "ab" * 32)
 
     def interrupted(cmd, log, **kwargs):
         calls.append(list(cmd))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tools.console.run_logged", interrupted)
-    monkeypatch.setattr(optests_cli.subprocess, "run", lambda cmd, **kw: calls.append(list(cmd)))
+    monkeypatch.setattr("tools.mech.console.run_logged", interrupted)
+    monkeypatch.setattr("tools.mech.docker._shielded", lambda args, timeout=60: calls.append(["docker", *args]))
     with pytest.raises(KeyboardInterrupt):
         optests_cli.run_op_tests(recipe, image="img:1", out=tmp_path / "o")
     run, rm = calls
     name = run[run.index("--name") + 1]
-    assert name.startswith("flagrel-optests-") and rm == ["docker", "rm", "-f", name]
+    assert name.startswith("flagrel-optests-") and rm == ["docker", "rm", "-f", "-v", name]
     assert run[run.index("--gpus") + 1] == "all"
     suite = run[run.index("optests") + 1:]
     assert suite[:4] == ["--out", optests_cli.CONTAINER_OUT, "--vendor", "nvidia"]
@@ -571,14 +573,14 @@ def test_container_is_removed_even_when_the_run_is_interrupted(tmp_path, monkeyp
 
 
 def test_image_run_without_summary_is_a_clear_error_and_is_stored(tmp_path, monkeypatch, build_dir):
-    from tools import results
-    from tools.console import RunResult
+    from tools.mech.console import RunResult
+    from tools.stages import results
 
     recipe, _ = load_recipe("tiny-cpu")
-    monkeypatch.setattr("tools.container.image_id", lambda ref: "sha256:" + "cd" * 32)
-    monkeypatch.setattr("tools.console.run_logged",
+    monkeypatch.setattr("tools.mech.docker.image_id", lambda ref: "sha256:" + "cd" * 32)
+    monkeypatch.setattr("tools.mech.console.run_logged",
                         lambda cmd, log, **kw: RunResult(127, ["python3: not found"], log))
-    monkeypatch.setattr(optests_cli.subprocess, "run", lambda cmd, **kw: None)
+    monkeypatch.setattr("tools.mech.docker._shielded", lambda args, timeout=60: 0)
     with pytest.raises(UserError, match="wrote no summary"):
         optests_cli.run_op_tests(recipe, image="img:1", out=tmp_path / "o")
     stored = results.load("sha256:" + "cd" * 32, "op-tests")
@@ -592,9 +594,9 @@ def test_host_command_end_to_end(tmp_path, build_dir, recipe_name, code, capsys,
 
     monkeypatch.setenv("PYTHONPATH", str(_no_device_gems(tmp_path)))
     parser = argparse.ArgumentParser()
-    optests_cli.configure("op-tests", parser)
+    op_tests_command.configure("op-tests", parser)
     args = parser.parse_args([recipe_name, "--host", "--out", str(tmp_path / "o"), "--ops", "add", "softmax"])
-    assert optests_cli.command("op-tests", args) == code
+    assert op_tests_command.command("op-tests", args) == code
     data = json.loads((tmp_path / "o" / "summary.json").read_text())
     recipe, _ = load_recipe(recipe_name)
     assert data["vendor"] == recipe.vendor
@@ -607,6 +609,6 @@ def test_python_needs_host():
     import argparse
 
     parser = argparse.ArgumentParser()
-    optests_cli.configure("op-tests", parser)
+    op_tests_command.configure("op-tests", parser)
     with pytest.raises(UserError, match="--python only applies with --host"):
-        optests_cli.command("op-tests", parser.parse_args(["tiny-cpu", "--python", "/usr/bin/python3"]))
+        op_tests_command.command("op-tests", parser.parse_args(["tiny-cpu", "--python", "/usr/bin/python3"]))

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tools import results
-from tools.optests_cli import NAME_PREFIX, run_op_tests
-from tools.recipe import load_recipe
+from tools.core.recipe import load_recipe
+from tools.stages import results
+from tools.stages.op_tests import NAME_PREFIX, run_op_tests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tools import git, patches, paths, source
-from tools.errors import UserError
-from tools.git import Identity, Repo
-from tools.lock import VENDORS, load_lock
-from tools.source import PristineTree
+from tools.core import paths
+from tools.core.errors import UserError
+from tools.core.lock import VENDORS, load_lock
+from tools.mech import git
+from tools.mech.download import download_verified
+from tools.mech.git import Identity, Repo
+from tools.stages import patches, source
+from tools.stages.source import PristineTree
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +73,7 @@ def status(root: Path) -> str:
 def test_the_real_sdist_downloads_and_a_bad_sha256_unpacks_nothing(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     up = load_lock().lock.upstream
-    got = source.download_verified(up.sdist_url, tmp_path / "dl" / "vllm-0.32.0.tar.gz", up.sdist_sha256)
+    got = download_verified(up.sdist_url, tmp_path / "dl" / "vllm-0.32.0.tar.gz", up.sdist_sha256)
     assert got.stat().st_size > 40_000_000
 
     monkeypatch.setenv("FLAGREL_CACHE", str(tmp_path / "cache"))

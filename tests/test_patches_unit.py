@@ -17,11 +17,15 @@ from types import SimpleNamespace
 import pytest
 from conftest import write
 
-from tools import cli, git, patches, source
-from tools.errors import UserError
-from tools.git import Identity, Repo
-from tools.lock import Upstream
-from tools.source import PristineTree
+from tools import cli
+from tools.core.errors import UserError
+from tools.core.lock import Upstream
+from tools.mech import git
+from tools.mech.git import Identity, Repo
+from tools.stages import patches, source
+from tools.stages.patches import edit as patches_edit
+from tools.stages.patches import verify as patches_check
+from tools.stages.source import PristineTree
 
 AUTHOR = Identity("FlagRelease", "flagrelease@example.invalid", "2026-01-02T03:04:05+0000")
 HEADER = "# test series header, kept by export\n"
@@ -73,8 +77,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     fake_upstream(tree)
     commit = source.import_tree(tree, tmp_path / "upstream.git", "fake upstream 9.9.9\n")
     pristine = PristineTree("vllm", "9.9.9", "sdist", "0" * 64, tree, tmp_path / "upstream.git", commit, 9)
-    monkeypatch.setattr(patches, "fetch_source", lambda lock: pristine)
-    monkeypatch.setattr(patches, "load_lock", lambda: SimpleNamespace(lock=None))
+    for module in (patches_edit, patches_check):
+        monkeypatch.setattr(module, "fetch_source", lambda lock: pristine)
+        monkeypatch.setattr(module, "load_lock", lambda: SimpleNamespace(lock=None))
     project = tmp_path / "project"
     for part in ("common", "nvidia", "ascend", "cpu"):
         write(project, f"patches/vllm/{part}/series", HEADER)
@@ -570,7 +575,8 @@ def test_workspace_from_another_upstream_is_refused(env: Env, monkeypatch: pytes
     make_stack(env, STACK)
     patches.patch("cpu")
     other = PristineTree("vllm", "9.9.10", "sdist", "1" * 64, env.pristine.path, env.pristine.repo, "f" * 40, 9)
-    monkeypatch.setattr(patches, "fetch_source", lambda lock: other)
+    for module in (patches_edit, patches_check):
+        monkeypatch.setattr(module, "fetch_source", lambda lock: other)
     with pytest.raises(UserError, match="another upstream tree"):
         patches.patch("cpu")
 

@@ -16,15 +16,11 @@ from pathlib import Path
 import pytest
 from registry import RegistryServer, docker_cli, make_image, registry_server, remove_image  # noqa: F401
 
-from tools import labels as L
-from tools import publish as pub
-from tools import results
-from tools.errors import UserError
-from tools.lock import load_lock
-from tools.publish import LocalImage, PublishOptions, publish
-from tools.recipe import load_recipe
-from tools.record import load_record, release_dir
-from tools.registry_auth import (
+from tools.core import labels as L
+from tools.core.errors import UserError
+from tools.core.lock import load_lock
+from tools.core.recipe import load_recipe
+from tools.mech.registry import (
     Credentials,
     RegistryClient,
     TransientError,
@@ -33,7 +29,10 @@ from tools.registry_auth import (
     find_credentials,
     with_retries,
 )
-from tools.tags import Target
+from tools.stages import publish as pub
+from tools.stages import results
+from tools.stages.publish import LocalImage, PublishOptions, publish
+from tools.stages.record import load_record, release_dir
 
 FAST = PublishOptions(retries=2, backoff_s=0.05)
 
@@ -55,7 +54,7 @@ def isolated(build_dir, tmp_path, monkeypatch):
 def _labels(content_key: str) -> dict[str, str]:
     loaded = load_lock()
     try:
-        from tools import patches
+        from tools.stages import patches
 
         stack = patches.stack_info("cpu")
         stack_hash, stack_id = stack.stack_hash, stack.short_id
@@ -270,7 +269,7 @@ def fake_registry():
 
 
 def _client(address: str, creds: Credentials | None, retries: int = 3) -> RegistryClient:
-    return RegistryClient(Target(address, "ns", "img"), creds, retries=retries, backoff_s=0.01, timeout_s=5)
+    return RegistryClient(address, creds, retries=retries, backoff_s=0.01, timeout_s=5)
 
 
 DIGEST = "sha256:" + "f" * 64

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.errors import UserError
-from tools.recipe import available, engine_argv, load_recipe
+from tools.core.errors import UserError
+from tools.core.recipe import available, engine_argv, load_recipe
 
 
 @pytest.mark.parametrize("name", available())

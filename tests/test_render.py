@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.lock import load_lock
-from tools.plan import BuildOptions, StackRef, choose_install, make_plan
-from tools.recipe import load_recipe
-from tools.render import render_dockerfile
+from tools.core.lock import load_lock
+from tools.core.recipe import load_recipe
+from tools.stages.plan import BuildOptions, StackRef, choose_install, make_plan
+from tools.stages.render import render_dockerfile
 
 GOLDEN = Path(__file__).parent / "golden"
 RECIPES = {"cpu": "tiny-cpu", "nvidia": "robobrain2-7b-fp8dynamic-nvidia", "ascend": "robobrain2-32b-ascend"}

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import results
-from tools.container import ImageNotFound, image_id, leftover_containers
-from tools.errors import UserError
-from tools.recipe import Recipe, recipe_path
-from tools.smoke import (
+from tools.core.errors import UserError
+from tools.core.recipe import Recipe, recipe_path
+from tools.mech.docker import ImageNotFound, image_id, leftover_containers
+from tools.stages import results
+from tools.stages.smoke import (
     NAME_PREFIX,
     SmokeFailed,
     _env_value,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.errors import UserError
-from tools.lock import load_lock
-from tools.source import _check_sdist_commit
+from tools.core.errors import UserError
+from tools.core.lock import load_lock
+from tools.stages.source import _check_sdist_commit
 
 
 def _tree(tmp_path: Path, commit_id: str) -> Path:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tools.errors import UserError
-from tools.recipe import load_recipe
-from tools.tags import immutable_tag, looks_immutable, release_tags, resolve_target
+from tools.core.errors import UserError
+from tools.core.recipe import load_recipe
+from tools.stages.tags import immutable_tag, looks_immutable, release_tags, resolve_target
 
 KEY = "5f57e4dc6f99" + "ab" * 26
 

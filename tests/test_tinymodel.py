@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("tokenizers")
 pytest.importorskip("numpy")
 
-from tools import PROJECT_ROOT  # noqa: E402
-from tools import tinymodel as tm  # noqa: E402
+from tools import PROJECT_ROOT
+from tools.stages import tinymodel as tm
 
 EXPECTED_FILES = {"config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
                   "tokenizer.json", "tokenizer_config.json"}
@@ -142,6 +142,6 @@ def test_default_location_is_the_cache(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_needs_neither_torch_nor_transformers(tmp_path: Path) -> None:
-    code = ("import sys; from tools.tinymodel import make_tiny_model; make_tiny_model(sys.argv[1]); "
+    code = ("import sys; from tools.stages.tinymodel import make_tiny_model; make_tiny_model(sys.argv[1]); "
             "bad = {'torch', 'transformers'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=PROJECT_ROOT)

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from tools import PROJECT_ROOT
-from tools.lock import VENDORS
-from tools.recipe import available, load_recipe
-from tools.registry_auth import ENV_PASSWORD, ENV_USER
+from tools.core.lock import VENDORS
+from tools.core.recipe import available, load_recipe
+from tools.mech.registry import ENV_PASSWORD, ENV_USER
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 EXPR = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")

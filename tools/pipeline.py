@@ -9,14 +9,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools import engine, patches, results, source
-from tools.build import BuiltImage, build_image
-from tools.build_cli import plan_for
-from tools.console import info, phase
-from tools.context import BuildContext, prepare_context
-from tools.errors import UserError
-from tools.lock import DebootstrapBase, LoadedLock
-from tools.plan import BuildOptions, BuildPlan
+from tools.core.errors import UserError
+from tools.core.lock import DebootstrapBase, LoadedLock
+from tools.mech import host as engine
+from tools.mech.console import info, phase
+from tools.stages import patches, results, source
+from tools.stages.build import BuiltImage, build_image
+from tools.stages.context import BuildContext, prepare_context
+from tools.stages.plan import BuildOptions, BuildPlan, plan_for
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         _record_skip(image.image_id, "smoke", skip_smoke)
         report.checks["smoke"] = f"skipped: {skip_smoke}"
     else:
-        from tools.smoke import smoke
+        from tools.stages.smoke import smoke
 
         smoke_report = smoke(recipe, image.ref)
         report.checks["smoke"] = "passed" if smoke_report.passed else "FAILED"
@@ -88,7 +88,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         _record_skip(image.image_id, "op-tests", skip_op_tests)
         report.checks["op-tests"] = f"skipped: {skip_op_tests}"
     else:
-        from tools.optests_cli import run_op_tests
+        from tools.stages.op_tests import run_op_tests
 
         op_ok = run_op_tests(recipe, image=image.ref)
         report.checks["op-tests"] = "passed" if op_ok else "FAILED"
@@ -97,10 +97,10 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     if push:
         if not report.ok:
             raise UserError("validation failed: nothing was pushed", fix="fix the failures above and rebuild")
-        from tools.publish import publish
+        from tools.stages.publish import publish
 
         if local_registry:
-            from tools.local_registry import ensure_local_registry
+            from tools.mech.local_registry import ensure_local_registry
 
             os.environ.update(ensure_local_registry().env())
 

@@ -1,0 +1,92 @@
+"""`render` and `build-<vendor>`: recipe in, one labelled, validated image out."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+from tools import PROJECT_ROOT
+from tools.core import paths
+from tools.core.errors import UserError
+from tools.core.lock import VENDORS
+from tools.mech.console import info, phase
+from tools.stages.plan import BuildOptions, plan_for
+from tools.stages.render import render_dockerfile
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name (recipes/NAME.yaml) or path to a recipe file")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the Dockerfile, build nothing")
+    parser.add_argument("--base-image", help="use this base image instead of the locked one (mirrors, tests)")
+    parser.add_argument("--platform", action="append", default=[], help="target platform, e.g. linux/arm64")
+    net = parser.add_argument_group("network (proxies, mirrors, corporate CAs)")
+    net.add_argument("--ca-bundle", type=Path,
+                     help="PEM bundle trusted by pip in the build (a BuildKit secret; default: $PIP_CERT, "
+                          "$SSL_CERT_FILE or $REQUESTS_CA_BUNDLE when set)")
+    net.add_argument("--index-url", help="pip index URL (may carry a token: passed as a secret, never logged)")
+    net.add_argument("--extra-index-url", action="append", default=[], help="extra pip index URL (repeatable)")
+    net.add_argument("--wheelhouse", action="append", type=Path, default=[],
+                     help="local wheel folder for wheels no index has (default: $PIP_FIND_LINKS)")
+    if name == "render":
+        return
+    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer, ignore the content key")
+    parser.add_argument("--skip-smoke", metavar="REASON", help="do not smoke-serve the image (recorded)")
+    parser.add_argument("--skip-op-tests", metavar="REASON", help="do not run operator tests (recorded)")
+    parser.add_argument("--push", action="store_true", help="publish after validation passed")
+    parser.add_argument("--local-registry", action="store_true",
+                        help="with --push: start (once) and use an authenticated registry on 127.0.0.1:5000")
+
+
+def options_from(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        base_image=args.base_image,
+        no_cache=getattr(args, "no_cache", False),
+        platforms=tuple(args.platform),
+        ca_bundle=args.ca_bundle,
+        index_url=args.index_url,
+        extra_index_urls=tuple(args.extra_index_url),
+        wheelhouse=tuple(args.wheelhouse),
+    )
+
+
+def _revision() -> str:
+    proc = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def render(recipe_arg: str, vendor: str | None, options: BuildOptions, *, write: bool) -> None:
+    """Print the plan and the Dockerfile (no downloads, no engine); with write, keep both in build/."""
+    plan, loaded, _, _ = plan_for(recipe_arg, vendor, options)
+    text = render_dockerfile(plan, loaded)
+    print(plan.describe())
+    print()
+    print(text, end="")
+    if write:
+        out = paths.build_dir() / "rendered" / plan.recipe
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "Dockerfile").write_text(text)
+        (out / "plan.json").write_text(plan.to_json() + "\n")
+        info(f"wrote {out / 'Dockerfile'} and {out / 'plan.json'}")
+
+
+def command(name: str, args: argparse.Namespace) -> int:
+    options = options_from(args)
+    if name == "render":
+        render(args.recipe, None, options, write=True)
+        return 0
+    vendor = name.removeprefix("build-")
+    if vendor not in VENDORS:
+        raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(VENDORS)}")
+    if args.dry_run:
+        render(args.recipe, vendor, options, write=False)
+        return 0
+    from tools.pipeline import run_release
+
+    report = run_release(args.recipe, vendor, options, skip_smoke=args.skip_smoke,
+                         skip_op_tests=args.skip_op_tests, push=args.push, local_registry=args.local_registry,
+                         revision=_revision())
+    with phase("Summary"):
+        print(report.summary())
+    return 0 if report.ok else 1

@@ -1,0 +1,182 @@
+"""versions.lock: the one place for pins. Loading validates every field; nothing floats."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tools.core import paths
+from tools.core.errors import UserError
+from tools.core.validation import to_user_error
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# A full SHA where it is known; at least the 9 hex digits the sdist records (vllm/_version.py commit_id)
+# otherwise. Both the git and the sdist fetch check the tree against it.
+GitSha = Annotated[str, Field(pattern=r"^[0-9a-f]{9}([0-9a-f]{31})?$")]
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+ExactVersion = Annotated[
+    str, Field(pattern=r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]+)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$")
+]
+HttpsUrl = Annotated[str, Field(pattern=r"^https://\S+$")]
+Platform = Literal["linux/amd64", "linux/arm64"]
+Vendor = Literal["nvidia", "ascend", "cpu"]
+VENDORS: tuple[Vendor, ...] = ("nvidia", "ascend", "cpu")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Upstream(Strict):
+    name: str
+    version: ExactVersion
+    git_url: HttpsUrl
+    git_tag: str
+    git_commit: GitSha
+    sdist_url: HttpsUrl
+    sdist_sha256: Sha256
+
+    @model_validator(mode="after")
+    def _sdist_matches_version(self) -> Upstream:
+        if not self.sdist_url.endswith(f"-{self.version}.tar.gz"):
+            raise ValueError(f"sdist_url does not name version {self.version}")
+        return self
+
+
+class File(Strict):
+    """A downloadable artifact, pinned by content."""
+
+    url: HttpsUrl
+    sha256: Sha256
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1].split("#", 1)[0]
+
+
+class Wheel(File):
+    name: str
+    version: ExactVersion
+
+
+class LocalWheel(Strict):
+    """A wheel found in a local wheel folder (pip's find-links), not on any index; pinned by content."""
+
+    name: str
+    version: ExactVersion
+    filename: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]+\.whl$")]
+    sha256: Sha256
+
+
+class RegistryBase(Strict):
+    """A base image pulled from a registry, pinned by tag and digest."""
+
+    kind: Literal["registry"] = "registry"
+    image: str
+    digest: Digest | None = None
+    # Where no digest could be read yet: why. A build then refuses unless --base-image names one.
+    unresolved: str | None = None
+
+    @model_validator(mode="after")
+    def _digest_or_reason(self) -> RegistryBase:
+        if (self.digest is None) == (self.unresolved is None):
+            raise ValueError("give exactly one of digest (sha256:...) or unresolved (why there is none yet)")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.image}@{self.digest}" if self.digest else self.image
+
+
+class DebootstrapBase(Strict):
+    """A base image made locally (no registry is reachable): debootstrap + docker import."""
+
+    kind: Literal["debootstrap"]
+    image: str
+    suite: str
+    variant: str
+    mirror: HttpsUrl | Annotated[str, Field(pattern=r"^http://\S+$")]
+    include: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return self.image
+
+
+class FlagGems(Strict):
+    version: ExactVersion
+    wheel: File
+    # flag-gems hard-pins numpy/packaging/sqlalchemy/PyYAML; beside vLLM those pins would downgrade the
+    # engine's own. We install it --no-deps plus the runtime deps it imports, each pinned here.
+    runtime_deps: tuple[str, ...]
+
+
+class VendorPins(Strict):
+    platforms: tuple[Platform, ...]
+    base: RegistryBase | DebootstrapBase = Field(discriminator="kind")
+    python: Annotated[str, Field(pattern=r"^3\.[0-9]+$")]
+    torch: ExactVersion
+    torch_index_url: HttpsUrl | None = None
+    # Wheels that are not on the index the build uses (the CPU torch lies in a local wheel folder).
+    wheelhouse: tuple[LocalWheel, ...] = ()
+    # The upstream binary wheel of exactly the pinned version (fast path). None: the patched tree is
+    # always installed from source (Ascend: VLLM_TARGET_DEVICE=empty, pure Python, then vllm-ascend).
+    engine_wheel: Wheel | None = None
+    extra_packages: tuple[str, ...] = ()
+    torch_npu: ExactVersion | None = None
+    vllm_ascend: ExactVersion | None = None
+
+
+class Lock(Strict):
+    schema_version: Literal[1]
+    upstream: Upstream
+    flaggems: FlagGems
+    vendors: dict[Vendor, VendorPins]
+
+    @model_validator(mode="after")
+    def _all_vendors(self) -> Lock:
+        missing = [v for v in VENDORS if v not in self.vendors]
+        if missing:
+            raise ValueError(f"missing vendor section(s): {', '.join(missing)}")
+        ascend = self.vendors["ascend"]
+        if ascend.torch_npu is None or ascend.vllm_ascend is None:
+            raise ValueError("vendors.ascend needs torch_npu and vllm_ascend pins")
+        for vendor, pins in self.vendors.items():
+            if pins.engine_wheel and pins.engine_wheel.version != self.upstream.version:
+                raise ValueError(
+                    f"vendors.{vendor}.engine_wheel.version {pins.engine_wheel.version} is not the "
+                    f"upstream version {self.upstream.version}"
+                )
+        return self
+
+
+class LoadedLock(BaseModel):
+    """The lock plus where it came from and the hash of its bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lock: Lock
+    path: Path
+    sha256: str
+
+
+def load_lock(path: Path | None = None) -> LoadedLock:
+    path = path or paths.lock_file()
+    fix = "edit versions.lock; every pin is exact (version, sha256, 40-hex commit, sha256: digest)"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise UserError("lock file not found", where=str(path), fix="restore versions.lock from git") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"lock file is not valid TOML: {exc}", where=str(path), fix=fix) from exc
+    try:
+        lock = Lock.model_validate(data)
+    except ValidationError as exc:
+        raise to_user_error(exc, path, "invalid lock", fix) from exc
+    return LoadedLock(lock=lock, path=path, sha256=hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,176 @@
+"""Recipes: one YAML per release (model x vendor). Validated on load; a bad one gets one clear message."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tools.core import paths
+from tools.core.errors import UserError
+from tools.core.lock import Platform, Vendor
+from tools.core.validation import to_user_error
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+TagName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+EnvValue = str | int | float | bool
+# Engine arguments: FlagScale serve YAML keys (snake_case) mapped 1:1 to vLLM CLI flags.
+EngineArgs = dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], EnvValue | list[str]]
+# Set by the smoke runner itself; a recipe must not override them.
+_RESERVED_ENGINE_ARGS = {"model", "host", "port", "served_model_name"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Model(Strict):
+    id: str = Field(description="upstream model id, as the card names it")
+    source: str = Field(description="where weights come from: 'tiny' (made by the project) or a hub command")
+    path: str = Field(description="model directory inside the container")
+    host_path: str | None = Field(default=None, description="model directory on the host, mounted at path")
+    weights_url: str | None = None
+    download: str | None = Field(default=None, description="shell command users run to fetch the weights")
+
+
+class Serve(Strict):
+    served_model_name: str
+    port: int = Field(default=9010, ge=1024, le=65535)
+    # what FlagScale's serve YAML carries under engine_args / engine_args_specific.vllm
+    engine_args: EngineArgs = {}
+    env: dict[str, EnvValue] = {}
+    nnodes: int = Field(default=1, ge=1)
+    nproc_per_node: int = Field(default=1, ge=1)
+    ready_timeout_s: int = Field(default=900, ge=10)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(_RESERVED_ENGINE_ARGS & value.keys())
+        if bad:
+            raise ValueError(f"{', '.join(bad)} is set from serve/model keys, not engine_args")
+        return value
+
+
+class RunProfile(Strict):
+    """docker run facts that differ per release on top of the vendor's profile."""
+
+    shm_size: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
+    mounts: tuple[Annotated[str, Field(pattern=r"^/[^:]*:/[^:]*(:ro|:rw)?$")], ...] = ()
+    env: dict[str, EnvValue] = {}
+
+
+class Build(Strict):
+    platforms: tuple[Platform, ...] | None = None
+    max_jobs: int = Field(default=2, ge=1)
+    torch_cuda_arch_list: str | None = Field(default=None, pattern=r"^[0-9.+ ;]+$")
+    flaggems: bool = True
+    flaggems_ops: tuple[str, ...] = ()
+
+
+class SmokeTest(Strict):
+    prompt: str = "Say hello."
+    max_tokens: int = Field(default=16, ge=1, le=4096)
+
+
+class OpTests(Strict):
+    ops: tuple[str, ...] = ()
+    dtypes: tuple[Literal["float16", "bfloat16", "float32"], ...] = ("float16", "bfloat16", "float32")
+
+
+class Tests(Strict):
+    smoke: SmokeTest = SmokeTest()
+    op_tests: OpTests = OpTests()
+
+
+class Release(Strict):
+    image_name: Name
+    tags: tuple[TagName, ...] = ()
+
+
+class Card(Strict):
+    title: str
+    intro: str = ""
+    environment: dict[str, str] = {}
+    benchmarks: list[dict[str, str | float | int]] = []
+    faq: list[dict[str, str]] = []
+
+
+class Recipe(Strict):
+    name: Name
+    vendor: Vendor
+    model: Model
+    serve: Serve
+    run: RunProfile = RunProfile()
+    build: Build = Build()
+    tests: Tests = Tests()
+    release: Release
+    card: Card
+
+    @model_validator(mode="after")
+    def _cpu_is_single_node(self) -> Recipe:
+        if self.vendor == "cpu" and (self.serve.nnodes > 1):
+            raise ValueError("serve.nnodes > 1 needs a GPU/NPU vendor")
+        return self
+
+
+def recipe_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or "/" in name_or_path:
+        return candidate
+    return paths.recipes_dir() / f"{name_or_path}.yaml"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> tuple[Recipe, Path]:
+    path = recipe_path(name_or_path)
+    fix = "see recipes/tiny-cpu.yaml for a complete example"
+    if not path.is_file():
+        raise UserError(
+            f"recipe {name_or_path!r} not found",
+            where=str(path),
+            fix=f"use one of: {', '.join(available()) or '(none)'}, or give a path to a .yaml file",
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", exc)
+        raise UserError(f"recipe is not valid YAML: {problem}", where=where, fix=fix) from exc
+    if not isinstance(data, dict):
+        raise UserError("recipe must be a YAML mapping", where=str(path), fix=fix)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise to_user_error(exc, path, "invalid recipe", fix) from exc
+    if recipe.name != path.stem and re.fullmatch(r"[a-z0-9._-]+", path.stem):
+        raise UserError(
+            f"recipe name {recipe.name!r} differs from its file name {path.stem!r}",
+            where=f"{path} -> name",
+            fix=f"set name: {path.stem}",
+        )
+    return recipe, path
+
+
+def engine_argv(recipe: Recipe, model_path: str, host: str, port: int) -> list[str]:
+    """The serve arguments as an argument list (never a shell string)."""
+    argv = ["--model", model_path, "--served-model-name", recipe.serve.served_model_name,
+            "--host", host, "--port", str(port)]
+    for key, value in recipe.serve.engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv

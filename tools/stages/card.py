@@ -1,0 +1,179 @@
+"""Model card (README.md) from recipe + release record, in the shape of the FlagRelease release notes.
+
+The template is tools/templates/model_card.md.j2 (StrictUndefined: a missing value is an error, not an
+empty string). Commands in the card are built here from the same data the smoke test uses: the vendor
+run profile (tools/profiles.py) and the recipe's engine arguments (tools/recipe.engine_argv).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from tools.core.profiles import docker_run_flags
+from tools.core.recipe import Recipe, engine_argv
+from tools.stages.record import ReleaseRecord
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+CONTAINER = "flagos"
+SERVE_HOST = "0.0.0.0"  # the card serves for other machines (the API example calls <server_ip>)
+VENDOR_NAMES = {"nvidia": "Nvidia", "ascend": "Ascend", "cpu": "CPU"}
+# Ascend NPUs are enumerated on the user's host, as tools.profiles does on ours
+ASCEND_DEVICES = """$(for d in /dev/davinci[0-9]*; do printf -- '--device %s ' "$d"; done)"""
+_VALUE_FLAGS = {"--gpus", "--ulimit", "--device", "-v", "-e", "--name", "--entrypoint"}
+
+
+def _env_value(value: object) -> str:
+    # vLLM reads boolean variables with int(): YAML true/false must become 1/0 (as the smoke test does)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _pairs(tokens: list[str]) -> list[list[str]]:
+    """Group `--flag value` pairs so each lands on its own line of the shown command."""
+    groups: list[list[str]] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i] in _VALUE_FLAGS and i + 1 < len(tokens):
+            groups.append(tokens[i:i + 2])
+            i += 2
+        else:
+            groups.append([tokens[i]])
+            i += 1
+    return groups
+
+
+def run_flags(recipe: Recipe) -> list[str]:
+    """The vendor profile's docker run flags, minus devices enumerated on this (build) host."""
+    flags = docker_run_flags(recipe.vendor, shm_size=recipe.run.shm_size)
+    out: list[str] = []
+    i = 0
+    while i < len(flags):
+        if flags[i] == "--device" and i + 1 < len(flags) and re.fullmatch(r"/dev/davinci[0-9]+", flags[i + 1]):
+            i += 2
+            continue
+        out.append(flags[i])
+        i += 1
+    return out
+
+
+def docker_run_command(recipe: Recipe, image_ref: str) -> str:
+    host_model = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source == "tiny" else None)
+    mounts = [f"{host_model}:{recipe.model.path}:ro"] if host_model else []
+    mounts += list(recipe.run.mounts)
+    flags = run_flags(recipe)
+    env = {k: _env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()}
+    # the profile already sets some (Ascend: PYTORCH_NPU_ALLOC_CONF); say each KEY=VALUE once
+    env = {k: v for k, v in env.items() if f"{k}={v}" not in flags}
+    head = ["docker", "run", "--detach", "--name", CONTAINER, "--net=host"]
+    groups = _pairs(flags)
+    lines = [" ".join(map(shlex.quote, group)) for group in groups]
+    if recipe.vendor == "ascend":
+        # NPUs first, as tools.profiles orders them: before the profile's fixed devices
+        first = next((i for i, g in enumerate(groups) if g[0] == "--device"), len(groups))
+        lines.insert(first, ASCEND_DEVICES)
+    # the tiny model's folder is a shell variable the user sets: it must expand
+    lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
+    lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
+    lines.append(shlex.quote(image_ref))
+    argv = engine_argv(recipe, recipe.model.path, SERVE_HOST, recipe.serve.port)
+    lines += [" ".join(map(shlex.quote, group)) for group in _arg_groups(argv)]
+    return " \\\n  ".join([" ".join(head), *lines])
+
+
+def _arg_groups(argv: list[str]) -> list[list[str]]:
+    groups: list[list[str]] = []
+    for token in argv:
+        if token.startswith("--") or not groups:
+            groups.append([token])
+        else:
+            groups[-1].append(token)
+    return groups
+
+
+def serve_yaml(recipe: Recipe) -> str:
+    """FlagScale's serve YAML (flag_scale/examples/<model>/conf/serve/*.yaml) for this recipe."""
+    engine_args: dict[str, Any] = {
+        "model": recipe.model.path,
+        "served_model_name": recipe.serve.served_model_name,
+        "host": SERVE_HOST,
+        "port": recipe.serve.port,
+        **recipe.serve.engine_args,
+    }
+    return yaml.safe_dump([{"serve_id": "vllm_model", "engine": "vllm", "engine_args": engine_args}],
+                          sort_keys=False, default_flow_style=False)
+
+
+def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header: list[str] = []
+    for row in rows:
+        header += [k for k in row if k not in header]
+    return header, [[str(row.get(h, "")) for h in header] for row in rows]
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("h") else "s")
+
+
+def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, str]]:
+    v = record.versions
+    rows = list(recipe.card.environment.items())
+    rows += [
+        ("vLLM", f"Version: {v.vllm} (commit {v.vllm_commit[:12]})"),
+        ("FlagOS patch stack", f"{record.patch_stack.stack_id} ({_count(len(record.patch_stack.files), 'patch')})"),
+        ("FlagGems", f"Version: {v.flaggems}"),
+        ("PyTorch", f"Version: {v.torch}"),
+        ("Python", f"Version: {v.python}"),
+        ("Image digest", f"`{record.digest}`" if record.digest else "(not pushed)"),
+    ]
+    return rows
+
+
+def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
+    bench_header, bench_rows = _table(list(recipe.card.benchmarks))
+    faq = [(item.get("q", ""), item.get("a", "")) for item in recipe.card.faq]
+    return {
+        "title": recipe.card.title,
+        "vendor": VENDOR_NAMES[recipe.vendor],
+        "vendor_key": recipe.vendor,
+        "intro": recipe.card.intro.strip(),
+        "bench_header": bench_header,
+        "bench_rows": bench_rows,
+        "environment": environment_rows(recipe, record),
+        "model_id": recipe.model.id,
+        "model_path": recipe.model.path,
+        "model_host_path": recipe.model.host_path,
+        "model_source": recipe.model.source,
+        "weights_url": recipe.model.weights_url,
+        "download": recipe.model.download,
+        "pull_ref": record.pull_ref,
+        "immutable_ref": record.immutable_ref,
+        "digest_ref": record.digest_ref if record.digest else None,
+        "docker_run": docker_run_command(recipe, record.pull_ref),
+        "serve_yaml": serve_yaml(recipe).rstrip("\n"),
+        "served_model_name": recipe.serve.served_model_name,
+        "port": recipe.serve.port,
+        "container": CONTAINER,
+        "faq": faq,
+        "record": record,
+        "smoke": record.tests.get("smoke"),
+        "op_tests": record.tests.get("op-tests"),
+    }
+
+
+def render_card(recipe: Recipe, record: ReleaseRecord) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # Markdown, not HTML: escaping would corrupt commands and YAML
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("model_card.md.j2").render(**context(recipe, record))

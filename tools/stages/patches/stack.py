@@ -1,0 +1,244 @@
+"""Patch stacks: series files, patch files and what a stack touches, read from patches/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.core import paths
+from tools.core.errors import UserError
+from tools.core.lock import VENDORS
+from tools.mech.git import Identity
+
+PROJECT = "vllm"
+COMMON = "common"
+BRANCH = "main"
+BASE_REF = "refs/flagrelease/base"
+BACKUP_PREFIX = "refs/flagrelease/backup"
+STAMP_MODULE = "vllm/_flagos_stack.py"
+# Commits made by `patch` carry this committer and the patch's own date, so the same stack on the same base
+# gives the same commit ids on every machine.
+APPLIER = Identity("FlagRelease", "flagrelease@example.invalid")
+_PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.patch$")
+_SHOWN = 8  # edits listed in a message before "and N more"
+
+
+
+
+# --- the stack ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatchFile:
+    part: str  # "common" or a vendor
+    name: str
+    path: Path
+    sha256: str
+
+    @property
+    def relpath(self) -> str:
+        """Relative to patches/ (what build plans and labels record)."""
+        return f"{PROJECT}/{self.part}/{self.name}"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    vendor: str
+    patches: tuple[PatchFile, ...]
+    stack_hash: str
+    short_id: str
+    touched: frozenset[str]  # upstream paths the stack adds, changes, renames or removes
+
+
+@dataclass(frozen=True)
+class Series:
+    path: Path
+    header: str  # leading comment and blank lines, kept verbatim when export rewrites the file
+    names: tuple[str, ...]
+
+
+def stack_root() -> Path:
+    return paths.patches_dir() / PROJECT
+
+
+def check_vendor(vendor: str) -> str:
+    if vendor not in VENDORS:
+        raise UserError(f"unknown vendor {vendor!r}", where="--vendor", fix=f"use one of {', '.join(VENDORS)}")
+    return vendor
+
+
+def read_series(part: str) -> Series:
+    folder = stack_root() / part
+    path = folder / "series"
+    if not path.is_file():
+        strays = sorted(p.name for p in folder.glob("*.patch")) if folder.is_dir() else []
+        if strays:
+            raise UserError(f"{folder} holds patches but no series file", where=str(path),
+                            fix=f"list the patches in order in {path} (one file name a line)")
+        return Series(path, "", ())
+    header: list[str] = []
+    names: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+        entry = line.strip()
+        if not names and (not entry or entry.startswith("#")):
+            header.append(line)
+            continue
+        if not entry or entry.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        if not _PATCH_NAME.match(entry):
+            raise UserError(f"bad series entry {entry!r}", where=where,
+                            fix="one patch file name a line (NNNN-subject.patch), no folders")
+        if entry in names:
+            raise UserError(f"{entry} is listed twice", where=where, fix="remove the duplicate line")
+        if not (folder / entry).is_file():
+            raise UserError(f"series names {entry}, which does not exist", where=where,
+                            fix=f"restore {folder / entry} or remove the line")
+        names.append(entry)
+    return Series(path, "".join(header), tuple(names))
+
+
+def stray_patches(part: str) -> list[str]:
+    """Patch files in a part's folder that its series does not list (ignored by every command)."""
+    folder = stack_root() / part
+    if not folder.is_dir():
+        return []
+    listed = set(read_series(part).names)
+    return sorted(p.name for p in folder.glob("*.patch") if p.name not in listed)
+
+
+def stack_info(vendor: str) -> StackInfo:
+    """The ordered stack for `vendor` and its identity: sha256 over "vendor" and each patch's sha256 and
+    path in order (so content, order and vendor all count), short id = first 12 hex digits."""
+    check_vendor(vendor)
+    files: list[PatchFile] = []
+    for part in (COMMON, vendor):
+        series = read_series(part)
+        for name in series.names:
+            path = series.path.parent / name
+            files.append(PatchFile(part, name, path, hashlib.sha256(path.read_bytes()).hexdigest()))
+    digest = hashlib.sha256(f"flagrelease-stack/1\nvendor {vendor}\n".encode())
+    touched: set[str] = set()
+    for patch in files:
+        digest.update(f"{patch.sha256}  {patch.relpath}\n".encode())
+        touched |= touched_paths(patch.path.read_bytes())
+    if STAMP_MODULE in touched:
+        raise UserError(f"the {vendor} stack touches {STAMP_MODULE}, which `patch` generates",
+                        where=", ".join(p.relpath for p in files),
+                        fix="the stack's identity cannot live inside the stack: drop that change")
+    stack_hash = digest.hexdigest()
+    return StackInfo(vendor, tuple(files), stack_hash, stack_hash[:12], frozenset(touched))
+
+
+def stamp_module_text(stack: StackInfo) -> str:
+    """vllm/_flagos_stack.py: what the patched engine reads to report "<version>+flagos.<short id>"."""
+    quoted = json.dumps  # a JSON string is a valid Python string literal
+    listed = "".join(f"    {quoted(p.relpath)},\n" for p in stack.patches)
+    return (
+        '"""Generated by FlagRelease (tools/patches.py) for the applied patch stack; not part of it."""\n\n'
+        f"STACK_ID = {quoted(stack.short_id)}\n"
+        f"STACK_HASH = {quoted(stack.stack_hash)}\n"
+        f"VENDOR = {quoted(stack.vendor)}\n"
+        f"PATCHES = (\n{listed})\n"
+    )
+
+
+# --- reading patch mails -----------------------------------------------------------------------------------
+
+
+def _unquote(name: str) -> str:
+    """A path as git prints it: C-quoted ("a/caf\\303\\251") when it holds unusual bytes."""
+    if not (name.startswith('"') and name.endswith('"')):
+        return name
+    raw = bytearray()
+    body = name[1:-1].encode("utf-8", "surrogateescape")
+    escapes = {ord("n"): 10, ord("t"): 9, ord('"'): 34, ord("\\"): 92, ord("a"): 7, ord("b"): 8,
+               ord("f"): 12, ord("r"): 13, ord("v"): 11}
+    i = 0
+    while i < len(body):
+        if body[i] == 92 and i + 1 < len(body):
+            if 48 <= body[i + 1] <= 55:
+                raw.append(int(body[i + 1:i + 4], 8))
+                i += 4
+                continue
+            raw.append(escapes.get(body[i + 1], body[i + 1]))
+            i += 2
+            continue
+        raw.append(body[i])
+        i += 1
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _strip_prefix(name: str, prefix: str) -> str | None:
+    name = _unquote(name.strip())
+    if name == "/dev/null":
+        return None
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def touched_paths(patch: bytes) -> set[str]:
+    """Every path a git patch adds, changes, deletes or renames (both names of a rename)."""
+    found: set[str] = set()
+    header_only: str | None = None
+    named_in_block = False
+
+    def close_block() -> None:
+        if header_only and not named_in_block:
+            found.add(header_only)
+
+    for line in patch.decode("utf-8", "surrogateescape").splitlines():
+        if line.startswith("diff --git "):
+            close_block()
+            header_only, named_in_block = _header_path(line[len("diff --git "):]), False
+        elif line.startswith(("rename from ", "copy from ")):
+            found.add(_unquote(line.split(" ", 2)[2]))
+            named_in_block = True
+        elif line.startswith(("rename to ", "copy to ")):
+            found.add(_unquote(line.split(" ", 2)[2]))
+            named_in_block = True
+        elif line.startswith("--- ") and header_only is not None:
+            name = _strip_prefix(line[4:], "a/")
+            if name:
+                found.add(name)
+        elif line.startswith("+++ ") and header_only is not None:
+            name = _strip_prefix(line[4:], "b/")
+            if name:
+                found.add(name)
+            named_in_block = True
+    close_block()
+    return found
+
+
+def _header_path(rest: str) -> str | None:
+    """The path of `diff --git a/P b/P` when both sides name it (binary and mode-only changes)."""
+    if rest.startswith('"'):
+        end = rest.index('"', 1)
+        while rest[end - 1] == "\\":
+            end = rest.index('"', end + 1)
+        return _strip_prefix(rest[: end + 1], "a/")
+    if (len(rest) - 5) % 2:
+        return None
+    half = (len(rest) - 5) // 2
+    name = rest[2:2 + half]
+    return name if rest == f"a/{name} b/{name}" else None
+
+
+def patch_subject(patch: bytes) -> str:
+    """The commit subject a mail carries (folded header lines joined, "[PATCH]" dropped)."""
+    lines = patch.decode("utf-8", "surrogateescape").splitlines()
+    for i, line in enumerate(lines):
+        if not line:
+            break
+        if line.startswith("Subject: "):
+            text = line[len("Subject: "):]
+            for cont in lines[i + 1:]:
+                if not cont.startswith((" ", "\t")):
+                    break
+                text += cont
+            return re.sub(r"^\[PATCH[^\]]*\]\s*", "", text).strip()
+    return ""
+
+

@@ -1,0 +1,82 @@
+"""BuildPlan -> Dockerfile text, from dockerfiles/ (one skeleton, small vendor blocks)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import jinja2
+
+from tools import PROJECT_ROOT
+from tools.core.lock import LoadedLock
+from tools.stages.plan import BuildPlan
+
+TEMPLATES = PROJECT_ROOT / "dockerfiles"
+
+# Mounts for every pip step: secrets and caches are mounted for one RUN and never land in a layer.
+PIP_MOUNTS = (
+    "--mount=type=secret,id=cacert "
+    "--mount=type=secret,id=pipconf "
+    "--mount=type=cache,target=/root/.cache/pip,sharing=locked "
+    "--mount=type=bind,source=wheelhouse,target=/wheelhouse"
+)
+# A corporate CA bundle and a pip config (index, extra index, mirror) arrive as build secrets.
+PIP_ENV = (
+    "if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi;"
+    " if [ -s /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi;"
+)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+    )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def template_files(vendor: str) -> list[Path]:
+    return [TEMPLATES / "Dockerfile.j2", TEMPLATES / "vendors" / f"{vendor}.j2"]
+
+
+def site_packages(python: str) -> str:
+    return f"/opt/venv/lib/python{python}/site-packages"
+
+
+def render_dockerfile(plan: BuildPlan, loaded: LoadedLock) -> str:
+    lock = loaded.lock
+    pins = lock.vendors[plan.vendor]
+    engine = pins.engine_wheel
+    context = {
+        "recipe": plan.recipe,
+        "vendor": plan.vendor,
+        "vllm_version": plan.vllm_version,
+        "install_mode": plan.install_mode,
+        "base_ref": plan.base_ref,
+        "python": plan.python,
+        "torch": plan.torch,
+        "torch_index_url": pins.torch_index_url or "",
+        "torch_npu": pins.torch_npu or "",
+        "vllm_ascend": pins.vllm_ascend or "",
+        "torch_cuda_arch_list": plan.torch_cuda_arch_list or "9.0",
+        "max_jobs": plan.max_jobs,
+        "flaggems_wheel_file": lock.flaggems.wheel.filename,
+        "flaggems_runtime_deps": list(lock.flaggems.runtime_deps),
+        "engine_wheel_file": engine.filename if engine else "",
+        "wheelhouse_files": [w.filename for w in pins.wheelhouse],
+        "site_packages": site_packages(plan.python),
+        "stack_id": plan.stack.short_id,
+        "pip_mounts": PIP_MOUNTS,
+        "pip_env": PIP_ENV,
+    }
+    text = _environment().get_template(f"vendors/{plan.vendor}.j2").render(**context)
+    # blank runs left by empty blocks
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.strip() or (lines and lines[-1].strip()):
+            lines.append(line.rstrip())
+    return "\n".join(lines).strip() + "\n"
