@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import nox
@@ -74,22 +75,17 @@ def render(session: nox.Session) -> None:
     _tool(session, "render")
 
 
-@nox.session(name="build-cpu")
-def build_cpu(session: nox.Session) -> None:
-    """Build, smoke-serve, op-test (and --push) a cpu recipe: nox -s build-cpu -- tiny-cpu"""
-    _tool(session, "build-cpu")
+def _build_session(vendor: str) -> None:
+    def build(session: nox.Session) -> None:
+        _tool(session, f"build-{vendor}")
+
+    build.__doc__ = f"Build, smoke-serve, op-test (and --push) a {vendor} recipe: nox -s build-{vendor} -- RECIPE"
+    nox.session(name=f"build-{vendor}")(build)
 
 
-@nox.session(name="build-nvidia")
-def build_nvidia(session: nox.Session) -> None:
-    """Build, validate (and --push) an nvidia recipe: nox -s build-nvidia -- RECIPE"""
-    _tool(session, "build-nvidia")
-
-
-@nox.session(name="build-ascend")
-def build_ascend(session: nox.Session) -> None:
-    """Build, validate (and --push) an ascend recipe: nox -s build-ascend -- RECIPE"""
-    _tool(session, "build-ascend")
+# one build session per vendor in the vendor table (a new vendor is data, not a noxfile edit)
+for _vendor in tomllib.loads((ROOT / "vendors.toml").read_text(encoding="utf-8")):
+    _build_session(_vendor)
 
 
 @nox.session

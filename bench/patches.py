@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import PROJECT_ROOT, source
-from tools.core.lock import VENDORS, load_lock  # noqa: E402
+from tools.core.lock import load_lock
+from tools.core.vendors import names as vendor_names  # noqa: E402
 from tools.mech import git
 from tools.mech.download import download_verified
 from tools.stages import patches
@@ -62,7 +63,7 @@ def copy_tree(src: Path, dest: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vendor", default="nvidia", choices=VENDORS)
+    parser.add_argument("--vendor", default="nvidia", choices=vendor_names())
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     vendor, repeat = args.vendor, args.repeat
@@ -127,13 +128,13 @@ def main() -> int:
         ours = median_of(max(1, repeat // 2), lambda: patches.check())
 
         def baseline_check() -> None:
-            for name in VENDORS:
+            for name in vendor_names():
                 copy = tmp / f"plain-check-{name}"
                 copy_tree(pristine.path, copy)
                 git_apply(copy, [p.path for p in patches.stack_info(name).patches])
                 shutil.rmtree(copy)
 
-        rows.append((f"check-patches ({len(VENDORS)} vendors)", ours, timed(baseline_check),
+        rows.append((f"check-patches ({len(vendor_names())} vendors)", ours, timed(baseline_check),
                      "ours also exports and compares bytes; baseline: cp -a + git apply per vendor"))
 
     load = os.getloadavg()

@@ -95,9 +95,11 @@ def test_docker_run_matches_the_vendor_profile(name):
     record = sample_record(name)
     text = card.render_card(recipe, record)
     command = _block(text, "### Start the inference service", "bash").split("\n\ndocker logs")[0]
-    if recipe.vendor == "ascend":
-        assert card.ASCEND_DEVICES in command
-        command = command.replace(card.ASCEND_DEVICES, "")
+    loops = card._device_loops(recipe.vendor)
+    assert bool(loops) == (recipe.vendor == "ascend")
+    for loop in loops:
+        assert loop in command and "/dev/davinci[0-9]*" in loop
+        command = command.replace(loop, "")
     tokens = shlex.split(command.replace("\\\n", " "))
     assert tokens[:2] == ["docker", "run"]
     image_at = tokens.index(record.pull_ref)

@@ -20,7 +20,8 @@ import pytest
 
 from tools.core import paths
 from tools.core.errors import UserError
-from tools.core.lock import VENDORS, load_lock
+from tools.core.lock import load_lock
+from tools.core.vendors import names as vendor_names
 from tools.mech import git
 from tools.mech.download import download_verified
 from tools.mech.git import Identity, Repo
@@ -105,13 +106,13 @@ def test_pristine_tree_is_complete_owned_by_us_and_cached(pristine: PristineTree
 
 def test_shipped_stacks_pass_check_patches(project: Path) -> None:
     results = patches.check()
-    assert [r.vendor for r in results] == list(VENDORS)
+    assert [r.vendor for r in results] == list(vendor_names())
     assert all(r.problems == () and r.patches >= 2 for r in results)
     assert status(project) == ""
 
 
 def test_shipped_stacks_respect_the_fast_path_and_stay_python_only(project: Path) -> None:
-    for vendor in VENDORS:
+    for vendor in vendor_names():
         stack = patches.stack_info(vendor)
         assert all(p.startswith("vllm/") and p.endswith(".py") for p in stack.touched), stack.touched
         assert {p.relpath.split("/")[1] for p in stack.patches} <= {"common", vendor}
@@ -122,7 +123,7 @@ def test_shipped_stacks_respect_the_fast_path_and_stay_python_only(project: Path
     assert len(patches.stack_info("ascend").patches) > len(patches.stack_info("cpu").patches)
 
 
-@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("vendor", vendor_names())
 def test_patch_is_idempotent_and_patch_export_leaves_no_diff(project: Path, pristine: PristineTree,
                                                              vendor: str) -> None:
     before = files_under(project / "patches")
@@ -211,7 +212,7 @@ def test_a_conflict_on_the_real_tree_names_patch_file_and_hunk(project: Path, pr
     assert repo.head() == pristine.commit and repo.status() == [] and repo.operation_in_progress() is None
     with pytest.raises(UserError) as checked:
         patches.check()
-    for vendor in VENDORS:
+    for vendor in vendor_names():
         assert f"{vendor}: vllm/common/{name} does not apply: vllm/plugins/__init__.py, hunk #1" \
             in checked.value.what
 
@@ -237,7 +238,7 @@ def test_unpatch_never_loses_an_edit_on_the_real_tree(project: Path, pristine: P
 
 
 def test_patched_tree_holds_the_stack_and_its_identity(project: Path, pristine: PristineTree) -> None:
-    for vendor in VENDORS:
+    for vendor in vendor_names():
         stack = patches.stack_info(vendor)
         tree = patches.patched_tree(vendor)
         assert (tree / "vllm/_flagos_stack.py").read_text() == patches.stamp_module_text(stack)

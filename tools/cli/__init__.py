@@ -19,29 +19,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-patches": ("tools.cli.patches", "prove every vendor stack applies and round-trips"),
     "fetch-source": ("tools.cli.patches", "materialise the pristine upstream tree into the cache"),
     "render": ("tools.cli.build", "write and print the plan and the Dockerfile for a recipe"),
-    "build-cpu": ("tools.cli.build", "build, validate (and --push) a cpu recipe's image"),
-    "build-nvidia": ("tools.cli.build", "build, validate (and --push) an nvidia recipe's image"),
-    "build-ascend": ("tools.cli.build", "build, validate (and --push) an ascend recipe's image"),
     "smoke": ("tools.cli.smoke", "serve a built image and check it through the OpenAI API"),
     "op-tests": ("tools.cli.optests", "FlagGems operator tests vs torch against float64 references"),
     "publish": ("tools.cli.publish", "push a validated image (immutable + moving tags), verify, record, card"),
 }
 
 
+def commands() -> dict[str, tuple[str, str]]:
+    """COMMANDS plus one build command per vendor in the vendor table."""
+    from tools.core import vendors
+
+    builds = {f"build-{name}": ("tools.cli.build", f"build, validate (and --push) a {name} recipe's image")
+              for name in vendors.names()}
+    return {**COMMANDS, **builds}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        width = max(map(len, COMMANDS))
-        stderr_line("usage: python -m tools COMMAND [--help] ...\n\ncommands:")
-        for name, (_, summary) in COMMANDS.items():
-            stderr_line(f"  {name:<{width}}  {summary}")
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"nox -s {name} --", description=COMMANDS[name][1])
-    module.configure(name, parser)
-    args = parser.parse_args(rest)
     try:
+        known = commands()
+        if not argv or argv[0] in {"-h", "--help"} or argv[0] not in known:
+            width = max(map(len, known))
+            stderr_line("usage: python -m tools COMMAND [--help] ...\n\ncommands:")
+            for name, (_, summary) in known.items():
+                stderr_line(f"  {name:<{width}}  {summary}")
+            return 0 if argv and argv[0] in {"-h", "--help"} else 2
+        name, rest = argv[0], argv[1:]
+        module = importlib.import_module(known[name][0])
+        parser = argparse.ArgumentParser(prog=f"nox -s {name} --", description=known[name][1])
+        module.configure(name, parser)
+        args = parser.parse_args(rest)
         return int(module.command(name, args) or 0)
     except UserError as err:
         return fail_exit(err)

@@ -7,9 +7,8 @@ import subprocess
 from pathlib import Path
 
 from tools import PROJECT_ROOT
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
-from tools.core.lock import VENDORS
 from tools.mech.console import info, phase
 from tools.stages.plan import BuildOptions, plan_for
 from tools.stages.render import render_dockerfile
@@ -77,8 +76,8 @@ def command(name: str, args: argparse.Namespace) -> int:
         render(args.recipe, None, options, write=True)
         return 0
     vendor = name.removeprefix("build-")
-    if vendor not in VENDORS:
-        raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(VENDORS)}")
+    if vendor not in vendors.names():
+        raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(vendors.names())}")
     if args.dry_run:
         render(args.recipe, vendor, options, write=False)
         return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tools.core.lock import VENDORS, load_lock
+from tools.core import vendors
+from tools.core.lock import load_lock
 from tools.mech.console import info, phase
 from tools.stages import patches
 from tools.stages.source import MODES, fetch_source
@@ -19,10 +20,10 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                             help="give up on the git remote after S seconds (default 20, or $FLAGREL_GIT_TIMEOUT)")
         return
     if name == "check-patches":
-        parser.add_argument("--vendor", action="append", choices=VENDORS, default=[],
+        parser.add_argument("--vendor", action="append", choices=vendors.names(), default=[],
                             help="check only this vendor's stack (repeatable; default: every vendor)")
         return
-    parser.add_argument("--vendor", required=True, choices=VENDORS, help="which vendor's stack and workspace")
+    parser.add_argument("--vendor", required=True, choices=vendors.names(), help="which vendor's stack and workspace")
     if name == "unpatch":
         parser.add_argument("--backup", action="store_true",
                             help="save edits that are not in the stack (uncommitted changes, untracked files, "
@@ -40,7 +41,7 @@ def command(name: str, args: argparse.Namespace) -> int:
         return 0
     if name == "check-patches":
         with phase("Check patch stacks"):
-            results = patches.check(tuple(args.vendor) or VENDORS)
+            results = patches.check(tuple(args.vendor))
             for r in results:
                 info(f"  {r.vendor:<7} {r.short_id}  {r.patches} patches apply on pristine and export "
                      f"byte-identically ({r.seconds:.1f}s)")

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.validation import to_user_error
 
@@ -23,8 +23,8 @@ ExactVersion = Annotated[
 ]
 HttpsUrl = Annotated[str, Field(pattern=r"^https://\S+$")]
 Platform = Literal["linux/amd64", "linux/arm64"]
-Vendor = Literal["nvidia", "ascend", "cpu"]
-VENDORS: tuple[Vendor, ...] = ("nvidia", "ascend", "cpu")
+# a vendor named in vendors.toml (tools/core/vendors.py checks the name against the table)
+Vendor = str
 
 
 class Strict(BaseModel):
@@ -127,8 +127,8 @@ class VendorPins(Strict):
     # always installed from source (Ascend: VLLM_TARGET_DEVICE=empty, pure Python, then vllm-ascend).
     engine_wheel: Wheel | None = None
     extra_packages: tuple[str, ...] = ()
-    torch_npu: ExactVersion | None = None
-    vllm_ascend: ExactVersion | None = None
+    # further exact versions a vendor's template needs (vendors.toml required_pins), e.g. torch_npu
+    pins: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], ExactVersion] = {}
 
 
 class Lock(Strict):
@@ -139,12 +139,17 @@ class Lock(Strict):
 
     @model_validator(mode="after")
     def _all_vendors(self) -> Lock:
-        missing = [v for v in VENDORS if v not in self.vendors]
+        table = vendors.table()
+        missing = [v for v in table if v not in self.vendors]
         if missing:
             raise ValueError(f"missing vendor section(s): {', '.join(missing)}")
-        ascend = self.vendors["ascend"]
-        if ascend.torch_npu is None or ascend.vllm_ascend is None:
-            raise ValueError("vendors.ascend needs torch_npu and vllm_ascend pins")
+        unknown = [v for v in self.vendors if v not in table]
+        if unknown:
+            raise ValueError(f"vendor section(s) {', '.join(unknown)} not in vendors.toml")
+        for name, info in table.items():
+            lacking = [p for p in info.required_pins if p not in self.vendors[name].pins]
+            if lacking:
+                raise ValueError(f"vendors.{name}.pins needs {', '.join(lacking)} (vendors.toml required_pins)")
         for vendor, pins in self.vendors.items():
             if pins.engine_wheel and pins.engine_wheel.version != self.upstream.version:
                 raise ValueError(

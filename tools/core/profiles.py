@@ -1,68 +1,24 @@
-"""Vendor run profiles: the docker run flags the release notes use, as data.
+"""Vendor run profiles: the docker run flags the release notes use, read from the vendor table.
 
-Smoke tests, operator tests and model cards all read them from here.
+Smoke tests, operator tests and model cards all take them from here.
 """
 
 from __future__ import annotations
 
-import glob
-from dataclasses import dataclass, field
-
-from tools.core.lock import Vendor
+from tools.core import vendors
 
 
-@dataclass(frozen=True)
-class RunProfile:
-    vendor: Vendor
-    flags: tuple[str, ...]
-    # host paths that must exist for the flag to make sense (devices, driver mounts)
-    devices: tuple[str, ...] = ()
-    mounts: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
-
-
-_COMMON_GPU = (
-    "--ipc=host",
-    "--security-opt=seccomp=unconfined",
-    "--ulimit", "stack=67108864",
-    "--ulimit", "memlock=-1",
-    "--ulimit", "nofile=1048576:1048576",
-    "--shm-size=32G",
-)
-
-PROFILES: dict[Vendor, RunProfile] = {
-    # robobrain2-7b / ernie / kimi release notes
-    "nvidia": RunProfile("nvidia", ("--gpus", "all", *_COMMON_GPU)),
-    # robobrain2-32b-ascend release note
-    "ascend": RunProfile(
-        "ascend",
-        ("--shm-size=32G", "--privileged=true"),
-        devices=("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
-        mounts=(
-            "/usr/local/Ascend/driver:/usr/local/Ascend/driver:ro",
-            "/usr/local/bin/npu-smi:/usr/local/bin/npu-smi:ro",
-            "/usr/local/dcmi:/usr/local/dcmi:ro",
-            "/etc/ascend_install.info:/etc/ascend_install.info:ro",
-        ),
-        env={"PYTORCH_NPU_ALLOC_CONF": "max_split_size_mb:256", "CPU_AFFINITY_CONF": "2"},
-    ),
-    "cpu": RunProfile("cpu", ()),
-}
-
-
-def docker_run_flags(vendor: Vendor, *, shm_size: str | None = None) -> list[str]:
-    """Flags for `docker run`; Ascend devices are enumerated on this host (davinci0..N)."""
-    profile = PROFILES[vendor]
-    flags = list(profile.flags)
+def docker_run_flags(vendor: str, *, shm_size: str | None = None, enumerate_devices: bool = True) -> list[str]:
+    """Flags for `docker run`: the vendor's flags, its devices, mounts and env. Devices matched by the
+    vendor's globs are those present on this host; without enumerate_devices only the fixed ones."""
+    info = vendors.get(vendor)
+    flags = list(info.run_flags)
     if shm_size:
         flags = [f for f in flags if not f.startswith("--shm-size")] + [f"--shm-size={shm_size}"]
-    devices = list(profile.devices)
-    if vendor == "ascend":
-        devices = sorted(glob.glob("/dev/davinci[0-9]*")) + devices
-    for dev in devices:
+    for dev in info.host_devices() if enumerate_devices else info.devices:
         flags += ["--device", dev]
-    for mount in profile.mounts:
+    for mount in info.mounts:
         flags += ["-v", mount]
-    for key, value in profile.env.items():
+    for key, value in info.env.items():
         flags += ["-e", f"{key}={value}"]
     return flags

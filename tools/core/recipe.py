@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
-from tools.core.lock import Platform, Vendor
+from tools.core.lock import Platform
 from tools.core.validation import to_user_error
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
@@ -101,7 +101,7 @@ class Card(Strict):
 
 class Recipe(Strict):
     name: Name
-    vendor: Vendor
+    vendor: str
     model: Model
     serve: Serve
     run: RunProfile = RunProfile()
@@ -110,11 +110,12 @@ class Recipe(Strict):
     release: Release
     card: Card
 
-    @model_validator(mode="after")
-    def _cpu_is_single_node(self) -> Recipe:
-        if self.vendor == "cpu" and (self.serve.nnodes > 1):
-            raise ValueError("serve.nnodes > 1 needs a GPU/NPU vendor")
-        return self
+    @field_validator("vendor")
+    @classmethod
+    def _known_vendor(cls, value: str) -> str:
+        if value not in vendors.names():
+            raise ValueError(f"unknown vendor {value!r}: use one of {', '.join(vendors.names())} (vendors.toml)")
+        return value
 
 
 def recipe_path(name_or_path: str) -> Path:

@@ -114,7 +114,7 @@ def print_tail(result: RunResult, count: int = 25) -> None:
 
 
 def fail_exit(err: UserError) -> int:
-    console.print(err.render(), style="red", markup=False, highlight=False)
+    console.print(err.render(), style="red", markup=False, highlight=False, soft_wrap=True)
     return 2
 
 

@@ -7,7 +7,6 @@ run profile (tools/profiles.py) and the recipe's engine arguments (tools/recipe.
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from tools.core import vendors
 from tools.core.profiles import docker_run_flags
 from tools.core.recipe import Recipe, engine_argv
 from tools.stages.record import ReleaseRecord
@@ -22,9 +22,6 @@ from tools.stages.record import ReleaseRecord
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 CONTAINER = "flagos"
 SERVE_HOST = "0.0.0.0"  # the card serves for other machines (the API example calls <server_ip>)
-VENDOR_NAMES = {"nvidia": "Nvidia", "ascend": "Ascend", "cpu": "CPU"}
-# Ascend NPUs are enumerated on the user's host, as tools.profiles does on ours
-ASCEND_DEVICES = """$(for d in /dev/davinci[0-9]*; do printf -- '--device %s ' "$d"; done)"""
 _VALUE_FLAGS = {"--gpus", "--ulimit", "--device", "-v", "-e", "--name", "--entrypoint"}
 
 
@@ -50,17 +47,14 @@ def _pairs(tokens: list[str]) -> list[list[str]]:
 
 
 def run_flags(recipe: Recipe) -> list[str]:
-    """The vendor profile's docker run flags, minus devices enumerated on this (build) host."""
-    flags = docker_run_flags(recipe.vendor, shm_size=recipe.run.shm_size)
-    out: list[str] = []
-    i = 0
-    while i < len(flags):
-        if flags[i] == "--device" and i + 1 < len(flags) and re.fullmatch(r"/dev/davinci[0-9]+", flags[i + 1]):
-            i += 2
-            continue
-        out.append(flags[i])
-        i += 1
-    return out
+    """The vendor profile's docker run flags, without devices enumerated on this (build) host."""
+    return docker_run_flags(recipe.vendor, shm_size=recipe.run.shm_size, enumerate_devices=False)
+
+
+def _device_loops(vendor: str) -> list[str]:
+    """Devices the user's host enumerates (NPUs), as shell loops over the vendor's globs."""
+    return [f"""$(for d in {pattern}; do printf -- '--device %s ' "$d"; done)"""
+            for pattern in vendors.get(vendor).device_globs]
 
 
 def docker_run_command(recipe: Recipe, image_ref: str) -> str:
@@ -74,10 +68,9 @@ def docker_run_command(recipe: Recipe, image_ref: str) -> str:
     head = ["docker", "run", "--detach", "--name", CONTAINER, "--net=host"]
     groups = _pairs(flags)
     lines = [" ".join(map(shlex.quote, group)) for group in groups]
-    if recipe.vendor == "ascend":
-        # NPUs first, as tools.profiles orders them: before the profile's fixed devices
-        first = next((i for i, g in enumerate(groups) if g[0] == "--device"), len(groups))
-        lines.insert(first, ASCEND_DEVICES)
+    # enumerated devices first, as tools.core.profiles orders them: before the profile's fixed devices
+    first = next((i for i, g in enumerate(groups) if g[0] == "--device"), len(groups))
+    lines[first:first] = _device_loops(recipe.vendor)
     # the tiny model's folder is a shell variable the user sets: it must expand
     lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
     lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
@@ -140,7 +133,7 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
     faq = [(item.get("q", ""), item.get("a", "")) for item in recipe.card.faq]
     return {
         "title": recipe.card.title,
-        "vendor": VENDOR_NAMES[recipe.vendor],
+        "vendor": vendors.get(recipe.vendor).display_name,
         "vendor_key": recipe.vendor,
         "intro": recipe.card.intro.strip(),
         "bench_header": bench_header,

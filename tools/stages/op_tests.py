@@ -10,6 +10,7 @@ land in --out, the table is printed, and an image's result is stored for publish
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tools import PROJECT_ROOT
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.labels import local_image
 from tools.core.recipe import Recipe
@@ -118,8 +119,9 @@ def run_op_tests(recipe: Recipe, *, image: str | None = None, host: bool = False
         image = image or local_image(recipe.name)
         image_id = docker.image_id(image)
         flags = vendor_flags(recipe.vendor, shm_size=recipe.run.shm_size)
-        if recipe.vendor == "ascend" and "--device" not in flags:
-            warn("no /dev/davinci* device on this host: the NPU is not visible in the container")
+        globs = vendors.get(recipe.vendor).device_globs
+        if globs and not any(glob.glob(pattern) for pattern in globs):
+            warn(f"no {' or '.join(globs)} device on this host: the accelerator is not visible in the container")
         name = f"{NAME_PREFIX}-{secrets.token_hex(4)}"
         user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") and os.getuid() != 0 else None
         cmd = docker_argv(image, name, out, suite_args(CONTAINER_OUT, recipe.vendor, ops, dtypes,

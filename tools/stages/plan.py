@@ -9,7 +9,7 @@ from typing import Literal
 
 from tools.core import labels as L
 from tools.core.errors import UserError
-from tools.core.lock import LoadedLock, Platform, Vendor, VendorPins, load_lock
+from tools.core.lock import LoadedLock, Platform, VendorPins, load_lock
 from tools.core.recipe import Recipe, load_recipe
 from tools.stages import patches
 
@@ -44,7 +44,7 @@ class BuildOptions:
 class StackRef:
     """The patch stack as the plan needs it (see tools/patches.py)."""
 
-    vendor: Vendor
+    vendor: str
     patch_files: tuple[tuple[str, str], ...]  # (path relative to patches/, sha256)
     stack_hash: str
     short_id: str
@@ -55,7 +55,7 @@ class StackRef:
 class BuildPlan:
     recipe: str
     recipe_file: str
-    vendor: Vendor
+    vendor: str
     vllm_version: str
     vllm_commit: str
     base_ref: str

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import jinja2
 
 from tools import PROJECT_ROOT
+from tools.core import vendors
 from tools.core.lock import LoadedLock
 from tools.stages.plan import BuildPlan
 
@@ -39,10 +39,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def template_files(vendor: str) -> list[Path]:
-    return [TEMPLATES / "Dockerfile.j2", TEMPLATES / "vendors" / f"{vendor}.j2"]
-
-
 def site_packages(python: str) -> str:
     return f"/opt/venv/lib/python{python}/site-packages"
 
@@ -60,8 +56,8 @@ def render_dockerfile(plan: BuildPlan, loaded: LoadedLock) -> str:
         "python": plan.python,
         "torch": plan.torch,
         "torch_index_url": pins.torch_index_url or "",
-        "torch_npu": pins.torch_npu or "",
-        "vllm_ascend": pins.vllm_ascend or "",
+        "pins": dict(pins.pins),
+        "entrypoint_sources": list(vendors.get(plan.vendor).entrypoint_sources),
         "torch_cuda_arch_list": plan.torch_cuda_arch_list or "9.0",
         "max_jobs": plan.max_jobs,
         "flaggems_wheel_file": lock.flaggems.wheel.filename,

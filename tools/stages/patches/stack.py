@@ -8,9 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
-from tools.core.lock import VENDORS
 from tools.mech.git import Identity
 
 PROJECT = "vllm"
@@ -65,8 +64,9 @@ def stack_root() -> Path:
 
 
 def check_vendor(vendor: str) -> str:
-    if vendor not in VENDORS:
-        raise UserError(f"unknown vendor {vendor!r}", where="--vendor", fix=f"use one of {', '.join(VENDORS)}")
+    if vendor not in vendors.names():
+        raise UserError(f"unknown vendor {vendor!r}", where="--vendor",
+                        fix=f"use one of {', '.join(vendors.names())}")
     return vendor
 
 

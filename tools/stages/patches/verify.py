@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.core import paths
+from tools.core import paths, vendors
 from tools.core.errors import UserError
-from tools.core.lock import VENDORS, Lock, load_lock
+from tools.core.lock import Lock, load_lock
 from tools.mech.git import GitError, Repo, clone_local
 from tools.stages.patches.stack import (
     BRANCH,
@@ -45,14 +45,14 @@ def _scratch(pristine: PristineTree, dest: Path) -> Repo:
     return repo
 
 
-def check(vendors: Sequence[str] = VENDORS, *, lock: Lock | None = None) -> list[VendorCheck]:
+def check(names: Sequence[str] = (), *, lock: Lock | None = None) -> list[VendorCheck]:
     """Every vendor stack applies on pristine and exports to exactly the files on disk.
     Returns per-vendor results; raises one UserError listing every problem."""
     pristine = fetch_source(lock or load_lock().lock)
     results: list[VendorCheck] = []
     with tempfile.TemporaryDirectory(prefix="flagrelease-check-") as tmp:
         repo = _scratch(pristine, Path(tmp) / "ws")
-        for vendor in vendors:
+        for vendor in names or vendors.names():
             start = time.monotonic()
             problems, stack = _check_vendor(repo, pristine, vendor, Path(tmp) / "out" / vendor)
             results.append(VendorCheck(vendor, stack.short_id if stack else "-", len(stack.patches) if stack else 0,
