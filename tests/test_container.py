@@ -14,6 +14,7 @@ import pytest
 from tools import PROJECT_ROOT
 from tools.core.errors import UserError
 from tools.mech.docker import (
+    REMOVE_TIMEOUT_S,
     ImageNotFound,
     image_id,
     image_labels,
@@ -101,7 +102,8 @@ def test_ctrl_c_removes_the_container(debian_image: str, prefix: str) -> None:
         assert child.stdout is not None and child.stdout.readline().strip() == "up"
         assert leftover_containers(prefix)
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=60)
+        # the removal waits for the engine, which can be busy for minutes exporting a build's layers
+        _, err = child.communicate(timeout=REMOVE_TIMEOUT_S + 60)
         assert "KeyboardInterrupt" in err
     finally:
         if child.poll() is None:
@@ -110,8 +112,15 @@ def test_ctrl_c_removes_the_container(debian_image: str, prefix: str) -> None:
 
 
 def test_image_helpers(debian_image: str) -> None:
+    from registry import make_image, remove_image
+
     assert image_id(debian_image).startswith("sha256:")
-    assert isinstance(image_labels(debian_image), dict)
+    labelled = make_image("flagrelease-test/labelled:1", "x", {"io.flagrelease.test": "yes", "b": "2"})
+    try:
+        assert image_labels("flagrelease-test/labelled:1") == {"io.flagrelease.test": "yes", "b": "2"}
+        assert image_id("flagrelease-test/labelled:1") == labelled
+    finally:
+        remove_image(labelled)
     with pytest.raises(ImageNotFound, match="not in the local Docker engine"):
         image_id("flagrelease-test/no-such-image:nope")
     with pytest.raises(ImageNotFound):

@@ -201,7 +201,8 @@ def test_git_error_carries_the_message(tmp_path: Path) -> None:
     with pytest.raises(GitError) as info:
         repo.run("rev-parse", "--verify", "no-such-ref")
     assert info.value.returncode != 0
-    assert "no-such-ref" in str(info.value) or "Needed a single revision" in str(info.value)
+    assert "Needed a single revision" in info.value.stderr
+    assert str(info.value).endswith("fatal: Needed a single revision")
     assert repo.rev_parse("no-such-ref") is None
 
 

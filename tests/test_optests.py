@@ -560,7 +560,7 @@ def test_container_is_removed_even_when_the_run_is_interrupted(tmp_path, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr("tools.mech.console.run_logged", interrupted)
-    monkeypatch.setattr("tools.mech.docker._shielded", lambda args, timeout=60: calls.append(["docker", *args]))
+    monkeypatch.setattr("tools.mech.docker._shielded", lambda args, timeout=60: calls.append(["docker", *args]) or 0)
     with pytest.raises(KeyboardInterrupt):
         optests_cli.run_op_tests(recipe, image="img:1", out=tmp_path / "o")
     run, rm = calls

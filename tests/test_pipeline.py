@@ -49,16 +49,34 @@ def test_render_writes_dockerfile_and_plan(build_dir):
     assert (build_dir / "rendered" / "tiny-cpu" / "plan.json").is_file()
 
 
+def readme_command(heading: str) -> str:
+    """The command the README gives under a bold heading (its first indented line after it)."""
+    lines = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"**{heading}**"))
+    return next(line.strip() for line in lines[start + 1:] if line.startswith("    "))
+
+
+def test_readme_names_the_two_commands_ci_runs():
+    assert readme_command("Main job").endswith("nox -s build-cpu -- tiny-cpu --push --local-registry")
+    tests = readme_command("Tests")
+    assert tests.split("&& ")[-1] in (PROJECT_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
 @pytest.mark.e2e
 @pytest.mark.docker
-def test_build_cpu_session_builds_smokes_and_op_tests(tiny_cpu_image, build_dir):
-    """The whole tiny-cpu path: the image (reused by content key), the real smoke, the op tests."""
-    proc = run("build-cpu", "tiny-cpu", build_dir=build_dir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+def test_readme_main_job_as_written(tiny_cpu_image, build_dir):
+    """The README's main job, run by bash exactly as a user pastes it: the image (reused by content key),
+    the real smoke serve, the op tests, and the push to the local authenticated registry."""
+    command = readme_command("Main job")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200", FLAGREL_BUILD=str(build_dir))
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,
+                          timeout=2400, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
     assert "reused (content key matched)" in out
-    assert "smoke    passed" in out and "op-tests passed" in out
-    assert list((build_dir / "results").glob("*/smoke.json")) and list((build_dir / "results").glob("*/op-tests.json"))
+    assert "smoke    passed" in out and "op-tests passed" in out and "publish  pushed" in out
+    records = list((build_dir / "releases" / "tiny-cpu").glob("*/record.json"))
+    assert len(records) == 1 and (records[0].parent / "README.md").is_file()
 
 
 @pytest.mark.e2e

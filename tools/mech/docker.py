@@ -13,6 +13,7 @@ import contextlib
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ def call(args: Sequence[str], *, timeout: float | None = 60, check: bool = True,
     return proc
 
 
+# A busy engine (exporting a multi-GB build, say) can take minutes to remove a container; giving up
+# sooner would leave it behind.
+REMOVE_TIMEOUT_S = 300
+
+
 def _shielded(args: Sequence[str], timeout: float = 60) -> int:
     """Run a docker command that must finish even if the user presses Ctrl-C meanwhile.
 
@@ -70,6 +76,14 @@ def _shielded(args: Sequence[str], timeout: float = 60) -> int:
     if interrupted:
         raise KeyboardInterrupt
     return code
+
+
+def remove_container(name: str) -> None:
+    """`docker rm -f -v NAME`, through Ctrl-C; if the engine did not manage it, say so and how to finish."""
+    code = _shielded(["rm", "-f", "-v", name], timeout=REMOVE_TIMEOUT_S)
+    if code != 0 and call(["container", "inspect", name], check=False).returncode == 0:
+        sys.stderr.write(f"warning: container {name} could not be removed (docker rm exit {code}); "
+                         f"remove it with: docker rm -f {name}\n")
 
 
 @dataclass(frozen=True)
@@ -130,7 +144,7 @@ class Container:
         return call(["exec", self.name, *argv], check=False, timeout=timeout)
 
     def remove(self) -> None:
-        _shielded(["rm", "-f", "-v", self.name])
+        remove_container(self.name)
 
 
 def _unique_name(prefix: str) -> str:
@@ -173,7 +187,7 @@ def running_container(
                             fix="check the image exists locally (docker image ls) and the flags are valid")
         yield Container(name=name, image=image, id=proc.stdout.strip())
     finally:
-        _shielded(["rm", "-f", "-v", name])
+        remove_container(name)
 
 
 def image_exists(ref: str) -> bool:
@@ -269,4 +283,4 @@ def run_attached(args: Sequence[str], *, name: str, log: Path, title: str) -> Ru
     try:
         return console.run_logged(["docker", *args], log, title=title)
     finally:
-        _shielded(["rm", "-f", "-v", name])
+        remove_container(name)
