@@ -67,7 +67,10 @@ def render(recipe_arg: str, vendor: str | None, options: BuildOptions, *, write:
         out.mkdir(parents=True, exist_ok=True)
         (out / "Dockerfile").write_text(text)
         (out / "plan.json").write_text(plan.to_json() + "\n")
-        info(f"wrote {out / 'Dockerfile'} and {out / 'plan.json'}")
+        for rel, body in plan.flagscale_files.items():
+            (out / "flagscale" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / "flagscale" / rel).write_text(body)
+        info(f"wrote {out / 'Dockerfile'}, {out / 'plan.json'} and FlagScale's config under {out / 'flagscale'}")
 
 
 def command(name: str, args: argparse.Namespace) -> int:

@@ -107,12 +107,30 @@ class DebootstrapBase(Strict):
         return self.image
 
 
+PinnedRequirement = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[0-9][A-Za-z0-9.+!-]*$")]
+
+
 class FlagGems(Strict):
     version: ExactVersion
     wheel: File
     # flag-gems hard-pins numpy/packaging/sqlalchemy/PyYAML; beside vLLM those pins would downgrade the
     # engine's own. We install it --no-deps plus the runtime deps it imports, each pinned here.
-    runtime_deps: tuple[str, ...]
+    runtime_deps: tuple[PinnedRequirement, ...]
+
+
+class FlagScale(Strict):
+    """FlagScale, installed --no-deps (its metadata pins torch 2.7.1 and dev tools) plus what `serve` imports."""
+
+    version: ExactVersion
+    wheel: File
+    runtime_deps: tuple[PinnedRequirement, ...]
+
+
+class Ray(Strict):
+    """Ray, for images whose recipe spans machines; installed --no-deps plus what the engine image lacks."""
+
+    version: ExactVersion
+    runtime_deps: tuple[PinnedRequirement, ...]
 
 
 class VendorPins(Strict):
@@ -135,6 +153,8 @@ class Lock(Strict):
     schema_version: Literal[1]
     upstream: Upstream
     flaggems: FlagGems
+    flagscale: FlagScale
+    ray: Ray
     vendors: dict[Vendor, VendorPins]
 
     @model_validator(mode="after")

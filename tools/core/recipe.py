@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.core import paths, vendors
 from tools.core.errors import UserError
@@ -36,15 +36,47 @@ class Model(Strict):
     download: str | None = Field(default=None, description="shell command users run to fetch the weights")
 
 
+class FlagScaleServe(Strict):
+    """Where the release's FlagScale config lives in the image: flag_scale/examples/<example>/conf/."""
+
+    # examples/<example>/ (what `flagscale serve <example>` names); default: the recipe name, '-' -> '_'
+    example: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]{0,63}$")] | None = None
+    # conf/serve/<size>.yaml
+    size: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.]{0,31}$")] = "default"
+    # FlagScale's benchmark settings (serve/<size>.yaml `profile:`), carried as the notes have them
+    profile: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], int | float] = {}
+
+
 class Serve(Strict):
     served_model_name: str
     port: int = Field(default=9010, ge=1024, le=65535)
+    # how the release is served: the engine's own entrypoint, or `flagscale serve <example>` (the notes' way)
+    launcher: Literal["engine", "flagscale"] = "engine"
+    # where the released configuration listens (the notes serve on 0.0.0.0); smoke tests always use loopback
+    host: Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")] = "0.0.0.0"
     # what FlagScale's serve YAML carries under engine_args / engine_args_specific.vllm
     engine_args: EngineArgs = {}
     env: dict[str, EnvValue] = {}
-    nnodes: int = Field(default=1, ge=1)
-    nproc_per_node: int = Field(default=1, ge=1)
+    # machines the release spans, devices per machine and their kind (FlagScale hostfile `slots=`, `type=`)
+    nnodes: int = Field(default=1, ge=1, le=64)
+    nproc_per_node: int = Field(default=1, ge=1, le=64)
+    device_type: Literal["gpu", "cpu", "npu"] = "gpu"
+    # host addresses of the nodes, head first (the baked hostfile); empty: the site names them
+    # (FLAGOS_HOSTFILE), as multi-machine releases must
+    hosts: tuple[Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")], ...] = ()
+    flagscale: FlagScaleServe = FlagScaleServe()
     ready_timeout_s: int = Field(default=900, ge=10)
+
+    @model_validator(mode="after")
+    def _nodes_add_up(self) -> Serve:
+        if self.hosts and len(self.hosts) != self.nnodes:
+            raise ValueError(f"hosts lists {len(self.hosts)} address(es) for nnodes {self.nnodes}")
+        tp = int(self.engine_args.get("tensor_parallel_size", 1))
+        pp = int(self.engine_args.get("pipeline_parallel_size", 1))
+        if self.nnodes > 1 and tp * pp != self.nnodes * self.nproc_per_node:
+            raise ValueError(f"tensor_parallel_size x pipeline_parallel_size = {tp * pp} does not use the "
+                             f"{self.nnodes} x {self.nproc_per_node} devices of nnodes x nproc_per_node")
+        return self
 
     @field_validator("engine_args")
     @classmethod

@@ -111,7 +111,8 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
     if directory.exists():
         shutil.rmtree(directory)
     (directory / "wheelhouse").mkdir(parents=True)
-    wheels = [_download(lock.flaggems.wheel)] + [_local_wheel(w, options) for w in pins.wheelhouse]
+    wheels = [_download(lock.flaggems.wheel), _download(lock.flagscale.wheel)]
+    wheels += [_local_wheel(w, options) for w in pins.wheelhouse]
     engine_wheel = _download(pins.engine_wheel) if pins.engine_wheel else None
     for wheel in wheels + ([engine_wheel] if engine_wheel else []):
         _link(wheel, directory / "wheelhouse" / wheel.name)
@@ -128,6 +129,10 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
     if plan.install_mode == "source":
         shutil.copytree(patched, directory / "source", ignore=shutil.ignore_patterns(".git"), symlinks=True)
         (directory / "source" / "vllm" / "_flagos_stack.py").write_text(stamp_text)
+    for rel, text in plan.flagscale_files.items():
+        target = directory / "flagscale" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     sources = vendors.get(plan.vendor).entrypoint_sources
     if sources:
         # the vendor's environments (CANN, ATB) for every process in the container, then the command

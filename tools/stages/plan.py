@@ -11,7 +11,7 @@ from tools.core import labels as L
 from tools.core.errors import UserError
 from tools.core.lock import LoadedLock, Platform, VendorPins, load_lock
 from tools.core.recipe import Recipe, load_recipe
-from tools.stages import patches
+from tools.stages import flagscale, patches
 
 InstallMode = Literal["wheel-overlay", "source"]
 
@@ -73,6 +73,10 @@ class BuildPlan:
     local_ref: str
     max_jobs: int
     torch_cuda_arch_list: str | None
+    nnodes: int
+    flagscale_example: str
+    # FlagScale's config files for this release, baked under flag_scale/examples/ (path -> text)
+    flagscale_files: dict[str, str]
 
     def describe(self) -> str:
         lines = [
@@ -87,6 +91,8 @@ class BuildPlan:
             f"patch stack   {self.stack.short_id} ({len(self.stack.patch_files)} patches, "
             f"{len(self.stack.touched)} files touched)",
             f"install       {self.install_mode}: {self.install_reason}",
+            f"FlagScale     flagscale serve {self.flagscale_example} ({', '.join(sorted(self.flagscale_files))})",
+            *([f"nodes         {self.nnodes}, one Ray cluster"] if self.nnodes > 1 else []),
             f"local tag     {self.local_ref}",
         ]
         return "\n".join(lines)
@@ -112,6 +118,11 @@ class BuildPlan:
             L.CONTENT_KEY: content_key,
             L.INSTALL_MODE: self.install_mode,
         }
+
+
+def site_packages(python: str) -> str:
+    """The image's Python environment (every template makes /opt/venv)."""
+    return f"/opt/venv/lib/python{python}/site-packages"
 
 
 def choose_install(pins: VendorPins, stack: StackRef) -> tuple[InstallMode, str]:
@@ -141,6 +152,7 @@ def make_plan(loaded: LoadedLock, recipe: Recipe, recipe_file: Path, stack: Stac
             fix=f"use one of {', '.join(pins.platforms)}",
         )
     mode, reason = choose_install(pins, stack)
+    fs = flagscale.serve_config(recipe, site_packages(pins.python))
     return BuildPlan(
         recipe=recipe.name,
         recipe_file=str(recipe_file),
@@ -161,6 +173,9 @@ def make_plan(loaded: LoadedLock, recipe: Recipe, recipe_file: Path, stack: Stac
         local_ref=L.local_image(recipe.name),
         max_jobs=recipe.build.max_jobs,
         torch_cuda_arch_list=recipe.build.torch_cuda_arch_list,
+        nnodes=recipe.serve.nnodes,
+        flagscale_example=fs.example,
+        flagscale_files=fs.files,
     )
 
 

@@ -9,7 +9,7 @@ import jinja2
 from tools import PROJECT_ROOT
 from tools.core import vendors
 from tools.core.lock import LoadedLock
-from tools.stages.plan import BuildPlan
+from tools.stages.plan import BuildPlan, site_packages
 
 TEMPLATES = PROJECT_ROOT / "dockerfiles"
 
@@ -39,10 +39,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def site_packages(python: str) -> str:
-    return f"/opt/venv/lib/python{python}/site-packages"
-
-
 def render_dockerfile(plan: BuildPlan, loaded: LoadedLock) -> str:
     lock = loaded.lock
     pins = lock.vendors[plan.vendor]
@@ -66,6 +62,10 @@ def render_dockerfile(plan: BuildPlan, loaded: LoadedLock) -> str:
         "wheelhouse_files": [w.filename for w in pins.wheelhouse],
         "site_packages": site_packages(plan.python),
         "stack_id": plan.stack.short_id,
+        "flagscale_wheel_file": lock.flagscale.wheel.filename,
+        "flagscale_runtime_deps": list(lock.flagscale.runtime_deps),
+        "flagscale_example": plan.flagscale_example,
+        "ray": [f"ray=={lock.ray.version}", *lock.ray.runtime_deps] if plan.nnodes > 1 else [],
         "pip_mounts": PIP_MOUNTS,
         "pip_env": PIP_ENV,
     }
