@@ -13,6 +13,7 @@ import yaml
 from tools.core.profiles import docker_run_flags
 from tools.core.recipe import available, load_recipe
 from tools.stages import card
+from tools.stages.flagscale import VLLM_SPECIFIC
 from tools.stages.record import (
     HostFacts,
     PatchFile,
@@ -94,7 +95,8 @@ def test_docker_run_matches_the_vendor_profile(name):
     recipe, _ = load_recipe(name)
     record = sample_record(name)
     text = card.render_card(recipe, record)
-    command = _block(text, "### Start the inference service", "bash").split("\n\ndocker logs")[0]
+    heading = "### Start the container" if recipe.serve.launcher == "flagscale" else "### Start the inference service"
+    command = _block(text, heading, "bash").split("\n\ndocker logs")[0]
     loops = card._device_loops(recipe.vendor)
     assert bool(loops) == (recipe.vendor == "ascend")
     for loop in loops:
@@ -117,6 +119,10 @@ def test_docker_run_matches_the_vendor_profile(name):
         assert f"{recipe.model.host_path}:{recipe.model.path}:ro" in flags
     for key in {**recipe.serve.env, **recipe.run.env}:
         assert any(f.startswith(f"{key}=") for f in flags), key
+    if recipe.serve.launcher == "flagscale":
+        # the container idles; `flagscale serve` starts the engine in it
+        assert tokens[image_at - 2:image_at] == ["--entrypoint", "sleep"] and tokens[image_at + 1:] == ["infinity"]
+        return
     # after the image: the engine arguments the smoke test uses, serving on all interfaces
     engine = tokens[image_at + 1:]
     assert engine[:2] == ["--model", recipe.model.path]
@@ -134,7 +140,8 @@ def test_booleans_in_env_become_numbers_as_vllm_reads_them():
 def test_serve_yaml_has_flagscale_shape(name):
     recipe, _ = load_recipe(name)
     text = card.render_card(recipe, sample_record(name))
-    data = yaml.safe_load(_block(text, "### Serve with FlagScale", "yaml"))
+    size = recipe.serve.flagscale.size
+    data = yaml.safe_load(_block(text, f"`serve/{size}.yaml`:", "yaml"))
     assert isinstance(data, list) and len(data) == 1
     entry = data[0]
     assert entry["serve_id"] == "vllm_model" and entry["engine"] == "vllm"
@@ -142,8 +149,10 @@ def test_serve_yaml_has_flagscale_shape(name):
     assert args["model"] == recipe.model.path
     assert args["served_model_name"] == recipe.serve.served_model_name
     assert args["port"] == recipe.serve.port
+    # vLLM-only settings sit under engine_args_specific.vllm, as in FlagScale's ernie45/kimi_k2 examples
+    specific = entry.get("engine_args_specific", {}).get("vllm", {})
     for key, value in recipe.serve.engine_args.items():
-        assert args[key] == value
+        assert (specific if key in VLLM_SPECIFIC else args)[key] == value
 
 
 def test_benchmarks_table_when_the_recipe_has_one():

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
 from tools.core import vendors
 from tools.core.profiles import docker_run_flags
 from tools.core.recipe import Recipe, engine_argv
+from tools.stages import flagscale
+from tools.stages.plan import site_packages
 from tools.stages.record import ReleaseRecord
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-CONTAINER = "flagos"
+CONTAINER = flagscale.CONTAINER
+# where the card's docker run mounts the site's hostfile for a release that spans machines
+SITE_HOSTFILE = "/etc/flagos/hostfile.txt"
 SERVE_HOST = "0.0.0.0"  # the card serves for other machines (the API example calls <server_ip>)
 _VALUE_FLAGS = {"--gpus", "--ulimit", "--device", "-v", "-e", "--name", "--entrypoint"}
 
@@ -74,10 +77,23 @@ def docker_run_command(recipe: Recipe, image_ref: str) -> str:
     # the tiny model's folder is a shell variable the user sets: it must expand
     lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
     lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
+    if recipe.serve.launcher == "flagscale":
+        # FlagScale starts the engine inside a running container (`docker exec ... flagscale serve`)
+        if recipe.serve.nnodes > 1 and not recipe.serve.hosts:
+            lines.append(f"-v /etc/flagos/hostfile.txt:{SITE_HOSTFILE}:ro")
+            lines.append(f"-e {flagscale.ENV_HOSTFILE}={SITE_HOSTFILE}")
+        lines += ["--entrypoint sleep", shlex.quote(image_ref), "infinity"]
+        return " \\\n  ".join([" ".join(head), *lines])
     lines.append(shlex.quote(image_ref))
     argv = engine_argv(recipe, recipe.model.path, SERVE_HOST, recipe.serve.port)
     lines += [" ".join(map(shlex.quote, group)) for group in _arg_groups(argv)]
     return " \\\n  ".join([" ".join(head), *lines])
+
+
+def flagscale_command(recipe: Recipe) -> str:
+    """What starts the engine on the head node (vendors whose environment a script sets get it first)."""
+    entry = list(vendors.get(recipe.vendor).entrypoint_sources and ["/opt/flagrelease/entrypoint.sh"])
+    return shlex.join(["docker", "exec", CONTAINER, *entry, "flagscale", "serve", flagscale.example_name(recipe)])
 
 
 def _arg_groups(argv: list[str]) -> list[list[str]]:
@@ -88,19 +104,6 @@ def _arg_groups(argv: list[str]) -> list[list[str]]:
         else:
             groups[-1].append(token)
     return groups
-
-
-def serve_yaml(recipe: Recipe) -> str:
-    """FlagScale's serve YAML (flag_scale/examples/<model>/conf/serve/*.yaml) for this recipe."""
-    engine_args: dict[str, Any] = {
-        "model": recipe.model.path,
-        "served_model_name": recipe.serve.served_model_name,
-        "host": SERVE_HOST,
-        "port": recipe.serve.port,
-        **recipe.serve.engine_args,
-    }
-    return yaml.safe_dump([{"serve_id": "vllm_model", "engine": "vllm", "engine_args": engine_args}],
-                          sort_keys=False, default_flow_style=False)
 
 
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -129,6 +132,7 @@ def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, s
 
 
 def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
+    fs = flagscale.serve_config(recipe, site_packages(record.versions.python))
     bench_header, bench_rows = _table(list(recipe.card.benchmarks))
     faq = [(item.get("q", ""), item.get("a", "")) for item in recipe.card.faq]
     return {
@@ -149,7 +153,19 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "immutable_ref": record.immutable_ref,
         "digest_ref": record.digest_ref if record.digest else None,
         "docker_run": docker_run_command(recipe, record.pull_ref),
-        "serve_yaml": serve_yaml(recipe).rstrip("\n"),
+        "launcher": recipe.serve.launcher,
+        "nnodes": recipe.serve.nnodes,
+        "nproc_per_node": recipe.serve.nproc_per_node,
+        "device_type": recipe.serve.device_type,
+        "flagscale_command": flagscale_command(recipe),
+        "flagscale_example": fs.example,
+        "flagscale_conf": fs.conf_path(site_packages(record.versions.python)),
+        "flagscale_files": sorted((rel.split("/conf/", 1)[1], text.rstrip("\n")) for rel, text in fs.files.items()),
+        "flagscale_log": f"/tmp/flagscale/{fs.example}_{fs.size}/serve_logs/host_0_localhost.output",
+        "site_hostfile": SITE_HOSTFILE,
+        "env_hostfile": flagscale.ENV_HOSTFILE,
+        "env_container": flagscale.ENV_CONTAINER,
+        "env_ssh_port": flagscale.ENV_SSH_PORT,
         "served_model_name": recipe.serve.served_model_name,
         "port": recipe.serve.port,
         "container": CONTAINER,
