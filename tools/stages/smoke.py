@@ -26,18 +26,12 @@ from tools.core.recipe import Recipe, engine_argv
 from tools.mech.console import console, info, new_log, phase
 from tools.mech.docker import Container, image_facts, running_container
 from tools.stages import results
+from tools.stages.smoke_checks import Check, run_checks
 
 HOST = "127.0.0.1"
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 TAIL_LINES = 30
 NAME_PREFIX = "flagrel-smoke"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    passed: bool
-    detail: str
 
 
 @dataclass
@@ -208,74 +202,6 @@ def _wait_ready(container: Container, port: int, timeout_s: float, report: Smoke
             time.sleep(1)
 
 
-def _check(report: SmokeReport, name: str, fn: Any) -> Any:
-    """Run one check; any exception is that check's failure, the others still run."""
-    try:
-        passed, detail, value = fn()
-    except Exception as exc:  # a failing check must never abort the others
-        passed, detail, value = False, f"{type(exc).__name__}: {exc}"[:300], None
-    report.checks.append(Check(name, passed, detail))
-    info(f"  {'[green]✓' if passed else '[red]✗'} {name}[/] {escape(detail)}")
-    return value
-
-
-def _run_checks(recipe: Recipe, port: int, stack_id: str | None, report: SmokeReport) -> None:
-    import openai
-
-    client = openai.OpenAI(base_url=f"http://{HOST}:{port}/v1", api_key="EMPTY", timeout=120, max_retries=0)
-    served = recipe.serve.served_model_name
-    messages = [{"role": "user", "content": recipe.tests.smoke.prompt}]
-    max_tokens = recipe.tests.smoke.max_tokens
-
-    def models() -> tuple[bool, str, None]:
-        ids = [m.id for m in client.models.list().data]
-        return served in ids, f"served models: {ids}", None
-
-    def chat() -> tuple[bool, str, None]:
-        # temperature 0: the same image answers the same way, so a failure reproduces
-        resp = client.chat.completions.create(model=served, messages=messages, max_tokens=max_tokens,
-                                              temperature=0)
-        content = resp.choices[0].message.content or ""
-        usage = resp.usage
-        prompt_t = usage.prompt_tokens if usage else 0
-        completion_t = usage.completion_tokens if usage else 0
-        ok = bool(content) and prompt_t > 0 and completion_t > 0
-        return ok, f"{content[:60]!r}; tokens prompt={prompt_t} completion={completion_t}", None
-
-    def stream() -> tuple[bool, str, float | None]:
-        sent = time.perf_counter()
-        first: float | None = None
-        chunks, parts = 0, []
-        for chunk in client.chat.completions.create(model=served, messages=messages, max_tokens=max_tokens,
-                                                    temperature=0, stream=True):
-            chunks += 1
-            delta = chunk.choices[0].delta.content if chunk.choices else None
-            if delta:
-                if first is None:
-                    first = time.perf_counter() - sent
-                parts.append(delta)
-        content = "".join(parts)
-        ttft = f"{first * 1000:.0f} ms" if first is not None else "none"
-        return chunks > 0 and bool(content), f"{chunks} chunks, {content[:40]!r}, first token {ttft}", first
-
-    def stamp() -> tuple[bool, str, None]:
-        version = requests.get(f"http://{HOST}:{port}/version", timeout=10).json().get("version", "")
-        if not stack_id:
-            return False, (f"engine says {version!r}, but the image has no {labels.STACK_ID} label: "
-                           "it was not built by FlagRelease from a patch stack"), None
-        want = f"+flagos.{stack_id}"
-        if version.endswith(want):
-            return True, f"engine says {version!r}", None
-        return False, f"engine says {version!r}, expected it to end with {want!r} (label {labels.STACK_ID})", None
-
-    _check(report, "models", models)
-    _check(report, "chat", chat)
-    report.ttft_s = _check(report, "stream", stream)
-    if report.ttft_s is not None:
-        report.ttft_s = round(report.ttft_s, 4)
-    _check(report, "stamp", stamp)
-
-
 def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port: int | None = None,
           timeout_s: int | None = None, recipe_file: str | None = None) -> SmokeReport:
     """Serve the recipe's model from the image and check it answers. Raises SmokeFailed if it never
@@ -331,7 +257,7 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
                                       fix=f"{_hint(full_log)} (report: {report_path})")
                 info(f"  ready after {report.start_to_ready_s:.1f}s")
             with phase("Smoke: OpenAI API checks"):
-                _run_checks(recipe, chosen, stack_id, report)
+                report.checks, report.ttft_s = run_checks(recipe, HOST, chosen, stack_id)
                 report.passed = bool(report.checks) and all(c.passed for c in report.checks)
                 if not report.passed:
                     report.failure = "failed checks: " + ", ".join(c.name for c in report.checks if not c.passed)
