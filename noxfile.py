@@ -106,6 +106,12 @@ def publish(session: nox.Session) -> None:
     _tool(session, "publish")
 
 
+@nox.session(name="release-matrix")
+def release_matrix(session: nox.Session) -> None:
+    """The release workflow's matrix as JSON (and into $GITHUB_OUTPUT): nox -s release-matrix -- [--recipe NAME]"""
+    _tool(session, "release-matrix")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the project."""

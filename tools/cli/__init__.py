@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("tools.cli.build", "write and print the plan and the Dockerfile for a recipe"),
     "smoke": ("tools.cli.smoke", "serve a built image and check it through the OpenAI API"),
     "op-tests": ("tools.cli.optests", "FlagGems operator tests vs torch against float64 references"),
+    "release-matrix": ("tools.cli.matrix", "print the release workflow's recipe/vendor/runner matrix as JSON"),
     "publish": ("tools.cli.publish", "push a validated image (immutable + moving tags), verify, record, card"),
 }
 
