@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tools import PROJECT_ROOT
-from tools.recipe import available
+from tools.core.recipe import available
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 HADOLINT_CONFIG = PROJECT_ROOT / ".hadolint.yaml"

@@ -3,7 +3,6 @@ only, pin every action by commit, and name the runners they need."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
