@@ -150,9 +150,11 @@ def test_engine_that_never_answers_hits_the_deadline(debian_image: str, build_di
 def test_cli_exit_code_on_crash(debian_image: str, build_dir: Path, tmp_path: Path) -> None:
     from tools.cli import main
 
+    # other runs on this engine may have smoke containers of their own: only ours must be gone
+    before = set(leftover_containers(f"{NAME_PREFIX}-tiny-cpu"))
     assert main(["smoke", "tiny-cpu", "--image", debian_image, "--model-dir", str(tmp_path),
                  "--timeout", "120"]) == 2
-    assert leftover_containers(f"{NAME_PREFIX}-tiny-cpu") == []
+    assert set(leftover_containers(f"{NAME_PREFIX}-tiny-cpu")) <= before
 
 
 @pytest.mark.e2e

@@ -81,7 +81,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     else:
         from tools.stages.smoke import smoke
 
-        smoke_report = smoke(recipe, image.ref)
+        smoke_report = smoke(recipe, image.key_ref)
         report.checks["smoke"] = "passed" if smoke_report.passed else "FAILED"
         report.ok &= smoke_report.passed
     if skip_op_tests:
@@ -90,7 +90,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     else:
         from tools.stages.op_tests import run_op_tests
 
-        op_ok = run_op_tests(recipe, image=image.ref)
+        op_ok = run_op_tests(recipe, image=image.key_ref)
         report.checks["op-tests"] = "passed" if op_ok else "FAILED"
         report.ok &= op_ok
 
@@ -104,6 +104,6 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
 
             os.environ.update(ensure_local_registry().env())
 
-        record = publish(recipe, image.ref)
+        record = publish(recipe, image.key_ref)
         report.checks["publish"] = f"pushed: {record}"
     return report

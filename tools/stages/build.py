@@ -26,10 +26,16 @@ CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 @dataclass(frozen=True)
 class BuiltImage:
     image_id: str
-    ref: str
+    ref: str  # the recipe's moving local tag (flagrelease-local/<recipe>:latest)
     content_key: str
     skipped: bool
     log: Path | None
+
+    @property
+    def key_ref(self) -> str:
+        """The local tag of exactly this build: validation and publishing use it, so a build of the same
+        recipe elsewhere on this engine (which moves :latest) cannot swap the image under them."""
+        return local_image(self.ref.rsplit(":", 1)[0].rsplit("/", 1)[-1], self.content_key[:12])
 
 
 def source_url() -> str:
