@@ -96,7 +96,7 @@ def smoke(session: nox.Session) -> None:
 
 @nox.session(name="op-tests")
 def op_tests(session: nox.Session) -> None:
-    """FlagGems operator tests: nox -s op-tests -- RECIPE [--image REF | --host] [--out DIR]"""
+    """Operator tests (FlagGems, vLLM CPU kernels): nox -s op-tests -- RECIPE [--image REF | --host] [--out DIR]"""
     _tool(session, "op-tests")
 
 

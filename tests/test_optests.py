@@ -1,8 +1,10 @@
-"""The FlagGems operator suite (tools/optests) and its `op-tests` command.
+"""The operator suite (tools/optests: FlagGems and vLLM's CPU kernels) and its `op-tests` command.
 
 Most tests need no torch: the runner's loop takes an injected executor, and the reports are plain data.
-Tests marked with `needs_torch` run the real torch side of every op on the CPU against a fake flag_gems
-(the same entry points, torch underneath, knobs to break single ops) and skip where torch is absent.
+Tests marked with `needs_torch` run the real torch side and float64 references of every op on the CPU,
+against a fake flag_gems and a fake vLLM (the same entry points: flag_gems' functions, vLLM's
+torch.ops._C schemas, torch underneath, knobs to break single ops). torch is in the [test] extras, so
+they run in CI; they skip only where torch is absent.
 """
 
 from __future__ import annotations
@@ -14,24 +16,24 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from optests_fakes import FAKE_VLLM, NO_DEVICE, fake_gems, no_device_gems, run_module
 
 from tools import PROJECT_ROOT
 from tools.cli import optests as op_tests_command
 from tools.core.errors import UserError
 from tools.core.recipe import load_recipe
 from tools.optests import report
-from tools.optests.cases import CATALOG, CaseSpec, UnknownName, select, shape
+from tools.optests.cases import CATALOG, CaseSpec, OpDef, UnknownName, select, shape
 from tools.optests.report import CaseResult
 from tools.optests.runner import (
     Measurement,
     Skip,
     capture_gems_log,
+    dispatch,
     gems_logger_names,
     judge,
     probe,
@@ -41,7 +43,6 @@ from tools.optests.tolerances import EXACT, TOLERANCES, Tolerance, score, tolera
 from tools.stages import op_tests as optests_cli
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
-NO_DEVICE = "No device were detected on your machine !"
 
 
 # --- tolerances -------------------------------------------------------------------------------------------
@@ -88,14 +89,35 @@ def test_catalog_covers_the_ops_vllm_uses():
     assert fused == {"fused_add_rms_norm", "silu_and_mul", "gelu_and_mul", "rotary_embedding"}
     for op in CATALOG.values():
         assert op.shapes and op.small
-        assert bool(op.aten) != bool(op.fused)
+        assert sum(map(bool, (op.aten, op.fused, op.vllm))) == 1
+        assert op.backend == ("vllm" if op.name.startswith("vllm_") else "flag_gems")
         if op.reduce:
             assert all(op.reduce in dict(s) for s in op.shapes + op.small)
+    with pytest.raises(ValueError, match="exactly one of aten / fused / vllm"):
+        OpDef("x", "both", (), (), aten=("mm",), vllm=("onednn_mm",))
+
+
+def test_catalog_covers_the_kernels_the_cpu_engine_dispatches_for_a_llama():
+    """vLLM 0.32.0 cpu, x86, a Llama: rotary (forward_cpu), linear layers (oneDNN), attention (CPU
+    backend), greedy sampling run vLLM's kernels; norms and gated activations take the native torch path
+    there, and their exposed kernels are tested too, marked engine=False."""
+    vllm = {name: op for name, op in CATALOG.items() if op.backend == "vllm"}
+    kernels = {k for op in vllm.values() for k in op.vllm}
+    assert {"rms_norm", "fused_add_rms_norm", "silu_and_mul", "gelu_and_mul", "rotary_embedding",
+            "create_onednn_mm_handler", "onednn_mm", "cpu_attn_reshape_and_cache", "get_scheduler_metadata",
+            "cpu_attention_with_kv_cache", "greedy_argmax"} == kernels
+    dispatched = {name for name, op in vllm.items() if op.engine}
+    assert dispatched == {"vllm_rotary_embedding", "vllm_onednn_mm", "vllm_attention", "vllm_greedy_argmax"}
+    # prefill, chunked prefill (context before the queries) and decode, across KV blocks
+    attn = [dict(s) for s in vllm["vllm_attention"].shapes]
+    assert {a["Q"] == a["S"] for a in attn} == {True, False} and any(a["Q"] == 1 for a in attn)
+    assert any(a["S"] > a["BS"] for a in attn) and all(a["Hq"] > a["Hk"] for a in attn)
+    assert [s.dtype for s in select(["vllm_greedy_argmax"])] == ["float32"]  # the sampler's logits
 
 
 def test_select_filters_ops_and_dtypes_in_catalog_order():
     every = select()
-    assert len(every) == 3 * sum(len(op.shapes) for op in CATALOG.values())
+    assert len(every) == sum(len(op.shapes) * len(op.dtypes or TOLERANCES) for op in CATALOG.values())
     assert len({s.case_id for s in every}) == len(every)
     picked = select(["softmax", "mm"], ["bfloat16", "float32"])
     assert [s.case_id for s in picked] == [
@@ -108,6 +130,18 @@ def test_select_filters_ops_and_dtypes_in_catalog_order():
         select(["conv9d"])
     with pytest.raises(UnknownName, match="unknown dtype float64"):
         select([], ["float64"])
+    assert select(["vllm_greedy_argmax"], ["bfloat16"]) == []  # an op used in one dtype only
+
+
+def test_list_needs_no_torch(tmp_path):
+    """--list imports neither torch nor vLLM nor flag_gems: the host CLI lists the suite anywhere."""
+    code = ("import sys; from tools.optests.main import main; rc = main(['--list', '--out', 'x']); "
+            "assert not {'torch', 'vllm', 'flag_gems'} & set(sys.modules), sorted(sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "vllm_attention[bfloat16,B4 Q1 S320 Hq32 Hk8 D128 BS128]" in proc.stdout.splitlines()
+    assert len(proc.stdout.splitlines()) == len(select())
 
 
 # --- the loop: statuses from an injected executor ----------------------------------------------------------
@@ -120,10 +154,10 @@ def _specs() -> list[CaseSpec]:
 def test_run_cases_gives_pass_fail_skip_and_never_raises():
     def execute(spec: CaseSpec) -> Measurement:
         if spec.op == "add":
-            return Measurement(gems_err=1e-4, gems_score=0.5, torch_err=2e-4, torch_score=0.9,
-                               torch_ms=2.0, gems_ms=1.0)
+            return Measurement(kernel_err=1e-4, kernel_score=0.5, torch_err=2e-4, torch_score=0.9,
+                               torch_ms=2.0, kernel_ms=1.0)
         if spec.op == "mm":
-            return Measurement(gems_err=0.5, gems_score=3.0, torch_err=0.01, torch_score=0.1)
+            return Measurement(kernel_err=0.5, kernel_score=3.0, torch_err=0.01, torch_score=0.1)
         if spec.op == "silu_and_mul":
             raise Skip("flag_gems 5.0.2 has no silu_and_mul()")
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -134,7 +168,8 @@ def test_run_cases_gives_pass_fail_skip_and_never_raises():
     assert seen == ["0:passed", "1:failed", "2:skipped", "3:failed"]
     passed, mismatch, skipped, raised = results
     assert passed.ratio == 2.0 and passed.reason == "" and passed.rtol == 1e-3
-    assert "3x the tolerance" in mismatch.reason and "torch native: 0.01" in mismatch.reason
+    assert mismatch.reason.startswith("max |gems - ref| = 0.5 is 3x the tolerance")
+    assert "torch native: 0.01" in mismatch.reason and {r.backend for r in results} == {"flag_gems"}
     assert skipped.reason == "flag_gems 5.0.2 has no silu_and_mul()"
     assert raised.reason.startswith("raised RuntimeError: CUDA error") and "Traceback" in raised.detail
     assert raised.rtol == 0.0  # topk is exact
@@ -142,22 +177,47 @@ def test_run_cases_gives_pass_fail_skip_and_never_raises():
 
 def test_nan_error_fails_and_torch_outside_tolerance_is_noted():
     spec = CaseSpec("add", "bfloat16", shape(T=4, H=8))
-    assert judge(spec, Measurement(gems_err=float("nan"), gems_score=float("nan"))).status == "failed"
-    r = judge(spec, Measurement(gems_err=0.0, gems_score=0.0, torch_err=1.0, torch_score=4.0))
+    assert judge(spec, Measurement(kernel_err=float("nan"), kernel_score=float("nan"))).status == "failed"
+    r = judge(spec, Measurement(kernel_err=0.0, kernel_score=0.0, torch_err=1.0, torch_score=4.0))
     assert r.status == "passed" and r.notes == ["torch native is also outside the tolerance (4x)"]
 
 
-def test_no_device_skips_every_case_with_the_reason():
+def test_no_torch_skips_every_case_with_the_reason():
     called = []
-    results = run_cases(_specs(), called.append, skip_reason=f"flag_gems does not import (RuntimeError: {NO_DEVICE})")
+    results = run_cases(_specs(), called.append, skip_reason="torch does not import (ModuleNotFoundError: torch)")
     assert not called
     assert {r.status for r in results} == {"skipped"}
-    assert all(NO_DEVICE in r.reason for r in results)
+    assert all(r.reason == "torch does not import (ModuleNotFoundError: torch)" for r in results)
+
+
+def test_dispatch_runs_each_backend_and_skips_the_one_without_a_device():
+    """On a cpu image: FlagGems has no device, vLLM's kernels run; the vLLM failure is named as such."""
+    no_device = f"flag_gems does not import (RuntimeError: {NO_DEVICE})"
+    ran: list[str] = []
+
+    def vllm(spec: CaseSpec) -> Measurement:
+        ran.append(spec.op)
+        score = 2.0 if spec.op == "vllm_onednn_mm" else 0.5
+        return Measurement(kernel_err=score / 10, kernel_score=score, torch_ms=1.0, kernel_ms=0.5)
+
+    specs = [*_specs(), CaseSpec("vllm_rms_norm", "bfloat16", shape(T=4, H=64)),
+             CaseSpec("vllm_onednn_mm", "float32", shape(M=2, N=8, K=64))]
+    results = run_cases(specs, dispatch({"vllm": vllm}, {"flag_gems": no_device}))
+    assert ran == ["vllm_rms_norm", "vllm_onednn_mm"]
+    assert [(r.backend, r.status) for r in results] == [("flag_gems", "skipped")] * 4 + [
+        ("vllm", "passed"), ("vllm", "failed")]
+    assert all(r.reason == no_device for r in results[:4])
+    assert results[5].reason.startswith("max |vllm - ref| = 0.2 is 2x the tolerance")
+    assert report.counts_by_backend(results) == {
+        "vllm": {"passed": 1, "failed": 1, "skipped": 0, "total": 2},
+        "flag_gems": {"passed": 0, "failed": 0, "skipped": 4, "total": 4}}
+    with pytest.raises(Skip, match="no executor for backend vllm"):
+        dispatch({}, {})(specs[-1])
 
 
 def test_budget_skips_the_cases_left():
     ticks = iter([0.0, 0.0, 1.0, 1.0, 50.0, 50.0, 60.0, 60.0, 61.0])
-    results = run_cases(_specs(), lambda s: Measurement(gems_err=0.0, gems_score=0.0), budget_s=30,
+    results = run_cases(_specs(), lambda s: Measurement(kernel_err=0.0, kernel_score=0.0), budget_s=30,
                         clock=lambda: next(ticks))
     assert [r.status for r in results] == ["passed", "passed", "skipped", "skipped"]
     assert results[2].reason == "time budget of 30s spent before this case"
@@ -181,9 +241,35 @@ def test_probe_reports_why_nothing_can_run():
         raise RuntimeError(NO_DEVICE + " \n Please check that your driver is complete. ")
 
     env = probe(no_device)
-    assert env.gems is None and env.info["torch"] == "2.13.0+cpu" and env.info["triton"] == "3.6.0"
-    assert env.skip_reason == ("flag_gems does not import (RuntimeError: No device were detected on your machine ! "
-                               "Please check that your driver is complete.)")
+    assert env.gems is None and env.vllm is None and env.skip_reason is None
+    assert env.info["torch"] == "2.13.0+cpu" and env.info["triton"] == "3.6.0"
+    assert env.backend_skips["flag_gems"] == (
+        "flag_gems does not import (RuntimeError: No device were detected on your machine ! "
+        "Please check that your driver is complete.)")
+    assert env.backend_skips["vllm"].startswith("vLLM's kernels do not import (RuntimeError: No device")
+    assert env.info["skip_reasons"] == env.backend_skips
+
+
+def test_probe_takes_vllm_kernels_only_on_its_cpu_platform():
+    def importer(device_type: str):
+        modules = {"torch": SimpleNamespace(__version__="2.13.0+cpu", version=SimpleNamespace(cuda=None)),
+                   "vllm": SimpleNamespace(__version__="0.32.0"), "vllm._custom_ops": SimpleNamespace(),
+                   "vllm.platforms": SimpleNamespace(current_platform=SimpleNamespace(device_type=device_type))}
+
+        def imp(name: str):
+            if name not in modules:
+                raise ModuleNotFoundError(f"No module named {name!r}")
+            return modules[name]
+        return imp
+
+    env = probe(importer("cpu"))
+    assert env.vllm.__version__ == "0.32.0" and "vllm" not in env.backend_skips
+    assert env.info["vllm"] == "0.32.0" and env.info["vllm_platform"] == "cpu"
+    assert env.backend_skips["flag_gems"] == ("flag_gems does not import "
+                                              "(ModuleNotFoundError: No module named 'flag_gems')")
+    env = probe(importer("cuda"))
+    assert env.vllm is None
+    assert env.backend_skips["vllm"].startswith("vLLM's platform here is cuda: the vllm_* cases cover its cpu kernels")
 
 
 def test_gems_log_capture_sees_arch_loggers_and_prints_nothing(tmp_path, monkeypatch, capsys):
@@ -214,12 +300,12 @@ def test_gems_log_capture_sees_arch_loggers_and_prints_nothing(tmp_path, monkeyp
 
 def _results() -> list[CaseResult]:
     return [
-        CaseResult("mm", "float16", "M4 N4 K64", "passed", rtol=1e-3, atol=8e-5, gems_err=1e-3, torch_err=1e-3,
-                   gems_score=0.2, torch_score=0.2, torch_ms=2.0, gems_ms=1.0, duration_s=1.5),
-        CaseResult("mm", "float16", "M1 N4 K64", "passed", gems_score=0.1, torch_ms=1.0, gems_ms=2.0,
+        CaseResult("mm", "float16", "M4 N4 K64", "passed", rtol=1e-3, atol=8e-5, kernel_err=1e-3, torch_err=1e-3,
+                   kernel_score=0.2, torch_score=0.2, torch_ms=2.0, kernel_ms=1.0, duration_s=1.5),
+        CaseResult("mm", "float16", "M1 N4 K64", "passed", kernel_score=0.1, torch_ms=1.0, kernel_ms=2.0,
                    duration_s=0.5),
         CaseResult("mm", "bfloat16", "M4 N4 K64", "failed", "max |gems - ref| = 9 is 3x the tolerance",
-                   detail="details <&>", gems_score=3.0, gems_err=9.0, duration_s=0.25),
+                   detail="details <&>", kernel_score=3.0, kernel_err=9.0, duration_s=0.25),
         CaseResult("softmax", "float32", "B2 V8", "skipped", "flag_gems 5.0.2 registers no kernel for aten::x"),
         CaseResult("softmax", "float16", "B2 V8", "failed", "raised RuntimeError: boom"),
     ]
@@ -227,16 +313,20 @@ def _results() -> list[CaseResult]:
 
 def test_verdict_rules():
     rs = _results()
-    assert report.verdict(rs, "cpu") == report.Verdict(False, "2 of 5 case(s) failed")
+    assert report.verdict(rs) == report.Verdict(False, "2 of 5 case(s) failed: FlagGems 2/5 passed, 2 failed, "
+                                                       "1 skipped (flag_gems 5.0.2 registers no kernel for aten::x)")
     ok = [r for r in rs if r.status != "failed"]
-    assert report.verdict(ok, "nvidia").ok
+    assert report.verdict(ok).ok
+    # nothing ran is no pass, whatever the vendor (the verdict no longer takes one)
     skipped = [CaseResult("add", "float16", "T4", "skipped", "no device")] * 3
-    assert report.verdict(skipped, "cpu").ok
-    assert "nothing was tested" in report.verdict(skipped, "cpu").message
-    for vendor in ("nvidia", "ascend"):
-        v = report.verdict(skipped, vendor)
-        assert not v.ok and v.message.startswith(f"no case passed on a GPU vendor ({vendor})")
-        assert "no device" in v.message
+    v = report.verdict(skipped)
+    assert not v.ok
+    assert v.message == "nothing was tested: all 3 case(s) skipped: FlagGems 0/3 passed, 3 skipped (no device)"
+    assert report.verdict([]) == report.Verdict(False, "nothing was tested: no case selected")
+    # a cpu image: FlagGems skipped (no device), vLLM's kernels passed
+    cpu = skipped + [CaseResult("vllm_rms_norm", "float32", "T4 H8", "passed", backend="vllm")] * 2
+    assert report.verdict(cpu) == report.Verdict(
+        True, "2 passed, 3 skipped of 5: vLLM kernels 2/2 passed; FlagGems 0/3 passed, 3 skipped (no device)")
 
 
 def test_junit_is_well_formed_with_the_right_counts():
@@ -251,7 +341,8 @@ def test_junit_is_well_formed_with_the_right_counts():
     assert {p.get("name"): p.get("value") for p in mm.find("properties")}["device_name"] == "NVIDIA H100"
     cases = mm.findall("testcase")
     assert [c.get("name") for c in cases] == ["float16-M4 N4 K64", "float16-M1 N4 K64", "bfloat16-M4 N4 K64"]
-    assert cases[0].get("classname") == "optests.mm" and cases[0].get("time") == "1.500"
+    assert cases[0].get("classname") == "optests.flag_gems.mm" and cases[0].get("time") == "1.500"
+    assert cases[0].find("system-out").text.startswith("backend=flag_gems kernel_ms=1 torch_ms=2 ratio=2")
     assert cases[0].find("failure") is None and cases[0].find("skipped") is None
     failure = cases[2].find("failure")
     assert failure.get("message").startswith("max |gems - ref| = 9") and failure.get("type") == "mismatch"
@@ -263,7 +354,7 @@ def test_junit_is_well_formed_with_the_right_counts():
 
 def test_summary_round_trips_and_keeps_inf_as_text(tmp_path):
     rs = _results()
-    rs[2].gems_score = math.inf
+    rs[2].kernel_score = math.inf
     path = report.write_summary(tmp_path / "summary.json", rs, {"torch": "2.11.0"}, "nvidia")
     data = json.loads(path.read_text())
     assert data["counts"] == {"passed": 2, "failed": 2, "skipped": 1, "total": 5}
@@ -271,11 +362,17 @@ def test_summary_round_trips_and_keeps_inf_as_text(tmp_path):
     assert data["speed_ratio_geomean"] == pytest.approx(1.0)  # geomean of 2.0 and 0.5
     first = data["cases"][0]
     assert first["case"] == "mm[float16,M4 N4 K64]" and first["ratio"] == 2.0 and "detail" not in first
-    assert {"op", "dtype", "shape", "status", "reason", "gems_err", "torch_err", "rtol", "atol", "torch_ms",
-            "gems_ms"} <= set(first)
-    assert data["cases"][2]["gems_score"] == "inf"
+    assert {"op", "dtype", "shape", "status", "reason", "kernel_err", "torch_err", "rtol", "atol", "torch_ms",
+            "kernel_ms", "backend"} <= set(first)
+    assert data["cases"][2]["kernel_score"] == "inf"
+    assert data["counts_by_backend"] == {"flag_gems": data["counts"]}
     back = report.load_results(data)
-    assert [r.case_id for r in back] == [r.case_id for r in rs] and back[2].gems_score == math.inf
+    assert [r.case_id for r in back] == [r.case_id for r in rs] and back[2].kernel_score == math.inf
+    # summaries written before vLLM's kernels were tested name the kernel side gems_*
+    old = {"cases": [{"op": "mm", "dtype": "float16", "shape": "M4", "status": "failed", "gems_score": "inf",
+                      "gems_ms": 1.5, "case": "mm[float16,M4]"}]}
+    (r,) = report.load_results(old)
+    assert r.kernel_score == math.inf and r.kernel_ms == 1.5 and r.backend == "flag_gems"
 
 
 def test_table_counts_per_op_and_dtype():
@@ -286,6 +383,7 @@ def test_table_counts_per_op_and_dtype():
     mm16 = rows[("mm", "float16")]
     assert mm16[2:5] == ["2", "0", "0"]
     assert mm16[5:9] == ["3.0000", "3.0000", "1.00", "-"]  # ms summed over shapes, ratio: geomean of 2 and 0.5
+    assert mm16[9:11] == ["0.001", "0.2"]  # worst error against float64, and its share of the tolerance
     assert rows[("mm", "bfloat16")][2:5] == ["0", "1", "0"]
     assert rows[("softmax", "float32")][2:5] == ["0", "0", "1"] and "registers" in lines[4]
     assert lines[-2].startswith("total: 2 passed, 2 failed, 1 skipped of 5")
@@ -293,202 +391,60 @@ def test_table_counts_per_op_and_dtype():
 
 # --- the module run for real, in this interpreter -------------------------------------------------------------
 
-def _no_device_gems(tmp_path: Path) -> Path:
-    """A flag_gems that fails to import the way the real one does on a CPU-only machine."""
-    pkg = tmp_path / "nodevice" / "flag_gems"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(f"raise RuntimeError({NO_DEVICE + ' ' + chr(10) + ' Please check.'!r})\n")
-    return pkg.parent
-
-
-def _run_module(out: Path, *args: str, pythonpath: Path | None = None,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    paths = [str(pythonpath)] if pythonpath else []
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, str(PROJECT_ROOT)]), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "tools.optests", "--out", str(out), *args],
-                          capture_output=True, text=True, env=full_env, cwd=PROJECT_ROOT, timeout=600)
-
-
-@pytest.mark.parametrize(("vendor", "code"), [("cpu", 0), ("nvidia", 1)])
-def test_cpu_machine_run_skips_everything(tmp_path, vendor, code):
-    proc = _run_module(tmp_path / "out", "--vendor", vendor, "--ops", "mm,softmax", "add",
-                       "--dtypes", "float32", pythonpath=_no_device_gems(tmp_path))
-    assert proc.returncode == code, proc.stdout + proc.stderr
+@pytest.mark.parametrize("vendor", ["cpu", "nvidia"])
+def test_a_run_where_nothing_can_run_fails_on_every_vendor(tmp_path, vendor):
+    """No device for FlagGems and no vLLM: every case skipped with its reason, and that is no pass."""
+    proc = run_module(tmp_path / "out", "--vendor", vendor, "--ops", "mm,softmax", "add", "vllm_rms_norm",
+                       "--dtypes", "float32", pythonpath=no_device_gems(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 4, "total": 4}
-    reason = data["environment"]["skip_reason"]
-    # torch missing (the project's own venv) or flag_gems' real no-device error (an env with torch)
-    assert reason.startswith("torch does not import") or NO_DEVICE in reason
-    assert all(c["reason"] == reason and c["status"] == "skipped" for c in data["cases"])
-    assert f"every case is skipped: {reason}" in proc.stdout
+    assert data["counts"] == {"passed": 0, "failed": 0, "skipped": 5, "total": 5} and data["ok"] is False
+    env = data["environment"]
+    if "skip_reason" in env:  # no torch here: one reason for every case
+        reasons = {env["skip_reason"]}
+        assert env["skip_reason"].startswith("torch does not import")
+        assert f"every case is skipped: {env['skip_reason']}" in proc.stdout
+    else:  # torch: flag_gems' real no-device error, and vLLM missing
+        reasons = set(env["skip_reasons"].values())
+        assert NO_DEVICE in env["skip_reasons"]["flag_gems"]
+        assert env["skip_reasons"]["vllm"].startswith("vLLM's kernels do not import (ModuleNotFoundError")
+        assert "every FlagGems case is skipped: flag_gems does not import (RuntimeError: No device" in proc.stdout
+    assert {c["reason"] for c in data["cases"]} == reasons and {c["status"] for c in data["cases"]} == {"skipped"}
     root = ET.parse(tmp_path / "out" / "junit.xml").getroot()
-    assert root.get("skipped") == "4" and len(root.iter("skipped").__next__().get("message")) > 10
-    if vendor == "nvidia":
-        assert "verdict: FAILED: no case passed on a GPU vendor (nvidia)" in proc.stdout
-    else:
-        assert "verdict: OK: all 4 case(s) skipped on vendor cpu" in proc.stdout
+    assert root.get("skipped") == "5" and len(root.iter("skipped").__next__().get("message")) > 10
+    assert "verdict: FAILED: nothing was tested: all 5 case(s) skipped" in proc.stdout
     assert (tmp_path / "out" / "table.txt").read_text().count("\n") >= 7
 
 
 def test_unknown_op_is_a_usage_error(tmp_path):
-    proc = _run_module(tmp_path / "out", "--ops", "conv9d")
+    proc = run_module(tmp_path / "out", "--ops", "conv9d")
     assert proc.returncode == 2 and "unknown op conv9d" in proc.stderr
 
 
 # --- the real torch side, against a fake flag_gems on the CPU ---------------------------------------------------
 
-FAKE_GEMS = '''
-"""A stand-in for flag_gems on the CPU: its entry points, torch underneath, env knobs to break ops."""
-import logging
-import os
-
-import torch
-import torch.nn.functional as F
-
-__version__ = "0.0.0+fake"
-device = "cpu"
-vendor_name = "fake"
-_log = logging.getLogger("flag_gems.ops.fake")
-
-# like FlagGems' arch ops (runtime/backend/_nvidia/hopper imported as top-level 'hopper'): mul logs outside
-# the flag_gems logger tree
-import importlib
-import sys
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_arch"))
-_arch_log = logging.getLogger(importlib.import_module("fakearch").__name__ + ".ops.mul")
-sys.path.pop(0)
-
-
-def _knob(name):
-    return set(filter(None, os.environ.get(name, "").split(",")))
-
-
-BREAK, SILENT, MISSING, RAISE = (_knob(k) for k in ("FAKE_BREAK", "FAKE_SILENT", "FAKE_MISSING", "FAKE_RAISE"))
-TARGETS = {"rms_norm": (F, "rms_norm", "rms_norm"), "layer_norm": (F, "layer_norm", "native_layer_norm"),
-           "silu": (F, "silu", "silu"), "gelu": (F, "gelu", "gelu"), "softmax": (torch, "softmax", "_softmax"),
-           "log_softmax": (torch, "log_softmax", "_log_softmax"), "mm": (torch, "mm", "mm"),
-           "addmm": (torch, "addmm", "addmm"), "bmm": (torch, "bmm", "bmm"),
-           "embedding": (F, "embedding", "embedding"), "add": (torch, "add", "add.Tensor"),
-           "mul": (torch, "mul", "mul.Tensor"), "argmax": (torch, "argmax", "argmax"),
-           "topk": (torch, "topk", "topk"), "sort": (torch, "sort", "sort"), "cumsum": (torch, "cumsum", "cumsum")}
-
-
-def _named(name):
-    def fn(*args, **kwargs):
-        raise AssertionError("registry entry, not called")
-    fn.__name__ = name
-    return fn
-
-
-_FULL_CONFIG = tuple((aten, _named(n)) for n, (_, _, aten) in TARGETS.items() if n not in MISSING)
-
-
-def _out(name, out):
-    if name in RAISE:
-        raise RuntimeError(f"fake kernel {name} failed")
-    if name not in BREAK:
-        return out
-    if isinstance(out, tuple):
-        return tuple(_out(name, o) for o in out)
-    return out * 1.05 if out.is_floating_point() else torch.zeros_like(out)
-
-
-def _wrap(name, orig):
-    def fn(*args, **kwargs):
-        if name not in SILENT:
-            (_arch_log if name == "mul" else _log).debug("GEMS %s", name.upper())
-        return _out(name, orig(*args, **kwargs))
-    return fn
-
-
-class use_gems:
-    def __init__(self, exclude=None, include=None):
-        self.include = list(include or TARGETS)
-
-    def __enter__(self):
-        self.saved = [(TARGETS[n][0], TARGETS[n][1]) for n in self.include]
-        self.saved = [(mod, attr, getattr(mod, attr)) for mod, attr in self.saved]
-        for name, (mod, attr, orig) in zip(self.include, self.saved):
-            setattr(mod, attr, _wrap(name, orig))
-
-    def __exit__(self, *exc):
-        for mod, attr, orig in reversed(self.saved):
-            setattr(mod, attr, orig)
-
-
-def _fused(name, fn):
-    def wrapper(*args, **kwargs):
-        _log.debug("GEMS %s", name.upper())
-        return _out(name, fn(*args, **kwargs))
-    wrapper.__name__ = name
-    return wrapper
-
-
-def rms_norm(x, normalized_shape, weight, eps=1e-5):  # flag_gems.rms_norm, called without dispatch
-    _log.debug("GEMS RMS_NORM")
-    return (F.rms_norm(x.float(), normalized_shape, weight.float(), eps)).to(x.dtype)
-
-
-def _silu_and_mul(a, b):
-    return (F.silu(a.float()) * b.float()).to(a.dtype)
-
-
-def _gelu_and_mul(a, b, approximate="none"):
-    return (F.gelu(a.float(), approximate=approximate) * b.float()).to(a.dtype)
-
-
-def _fused_add_rms_norm(x, residual, normalized_shape, weight, eps=1e-5):
-    r = x.float() + residual.float()
-    y = r * torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    x.copy_(y)
-    residual.copy_(r)
-    return x, residual
-
-
-def _apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, rotary_interleaved=False, inplace=False):
-    c, s = cos[position_ids].float().unsqueeze(-2), sin[position_ids].float().unsqueeze(-2)
-    def rot(x):
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
-    return rot(q), rot(k)
-
-
-for _name, _fn in (("silu_and_mul", _silu_and_mul), ("gelu_and_mul", _gelu_and_mul),
-                   ("fused_add_rms_norm", _fused_add_rms_norm), ("apply_rotary_pos_emb", _apply_rotary_pos_emb)):
-    if _name not in MISSING:
-        globals()[_name] = _fused(_name, _fn)
-'''
-
-
-def _fake_gems(tmp_path: Path) -> Path:
-    pkg = tmp_path / "fake" / "flag_gems"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent(FAKE_GEMS))
-    (pkg / "_arch" / "fakearch").mkdir(parents=True)
-    (pkg / "_arch" / "fakearch" / "__init__.py").write_text("")
-    return pkg.parent
-
-
 @needs_torch
-def test_every_op_passes_against_a_correct_gems_on_cpu(tmp_path):
-    proc = _run_module(tmp_path / "out", "--small", "--vendor", "nvidia", "--reps", "2", "--warmup", "1",
-                       pythonpath=_fake_gems(tmp_path))
+def test_every_op_passes_against_correct_gems_and_vllm_kernels_on_cpu(tmp_path):
+    proc = run_module(tmp_path / "out", "--small", "--vendor", "nvidia", "--reps", "2", "--warmup", "1",
+                      pythonpath=[fake_gems(tmp_path), FAKE_VLLM])
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     bad = [(c["case"], c["reason"]) for c in data["cases"] if c["status"] != "passed"]
     assert not bad and proc.returncode == 0, (bad, proc.stdout[-3000:], proc.stderr[-3000:])
     assert data["counts"]["passed"] == len(select(small=True))
-    assert data["environment"]["flag_gems"] == "0.0.0+fake"
+    assert data["environment"]["flag_gems"] == "0.0.0+fake" and data["environment"]["vllm"] == "0.0.0+fake"
+    assert set(data["counts_by_backend"]) == {"flag_gems", "vllm"}
     for case in data["cases"]:
-        assert case["gems_ms"] > 0 and case["torch_ms"] > 0 and case["gems_score"] <= 1.0
+        assert case["kernel_ms"] > 0 and case["torch_ms"] > 0 and case["kernel_score"] <= 1.0
         assert case["rtol"] == (0.0 if CATALOG[case["op"]].exact else TOLERANCES[case["dtype"]].rtol)
+        assert case["backend"] == CATALOG[case["op"]].backend
 
 
 @needs_torch
 def test_broken_missing_silent_and_raising_gems_ops_on_cpu(tmp_path):
     knobs = {"FAKE_BREAK": "mm,argmax,topk,silu_and_mul", "FAKE_MISSING": "gelu_and_mul,cumsum",
              "FAKE_SILENT": "add,rms_norm", "FAKE_RAISE": "bmm"}
-    proc = _run_module(tmp_path / "out", "--small", "--vendor", "nvidia", "--reps", "1", "--warmup", "0",
-                       "--dtypes", "bfloat16", "float32", pythonpath=_fake_gems(tmp_path), env=knobs)
+    proc = run_module(tmp_path / "out", "--small", "--vendor", "nvidia", "--reps", "1", "--warmup", "0",
+                       "--dtypes", "bfloat16", "float32", pythonpath=fake_gems(tmp_path), env=knobs)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     status = {(c["op"], c["dtype"]): c for c in data["cases"]}
@@ -498,7 +454,7 @@ def test_broken_missing_silent_and_raising_gems_ops_on_cpu(tmp_path):
             assert case["status"] == "failed" and "the tolerance" in case["reason"], case
             assert case["torch_score"] <= 1.0
         for op in ("argmax", "topk"):  # index results are checked by what they select
-            assert status[(op, dtype)]["status"] == "failed" and status[(op, dtype)]["gems_score"] == "inf"
+            assert status[(op, dtype)]["status"] == "failed" and status[(op, dtype)]["kernel_score"] == "inf"
         assert status[("gelu_and_mul", dtype)]["reason"] == "flag_gems 0.0.0+fake has no gelu_and_mul()"
         assert status[("cumsum", dtype)]["reason"] == "flag_gems 0.0.0+fake registers no kernel for aten::cumsum"
         assert status[("add", dtype)]["status"] == "skipped"
@@ -512,7 +468,9 @@ def test_broken_missing_silent_and_raising_gems_ops_on_cpu(tmp_path):
             "called flag_gems.rms_norm() directly"]
     assert "verdict: FAILED" in proc.stdout
     root = ET.parse(tmp_path / "out" / "junit.xml").getroot()
-    assert int(root.get("failures")) == 2 * 5 and int(root.get("skipped")) == 2 * 3
+    vllm_cases = [s for s in select(dtypes=["bfloat16", "float32"], small=True) if s.backend == "vllm"]
+    assert int(root.get("failures")) == 2 * 5 and int(root.get("skipped")) == 2 * 3 + len(vllm_cases)
+    assert all(status[(s.op, s.dtype)]["reason"].startswith("vLLM's kernels do not import") for s in vllm_cases)
 
 
 # --- the op-tests command -----------------------------------------------------------------------------------
@@ -587,22 +545,40 @@ def test_image_run_without_summary_is_a_clear_error_and_is_stored(tmp_path, monk
     assert stored is not None and stored.passed is False
 
 
-@pytest.mark.parametrize(("recipe_name", "code"), [("tiny-cpu", 0), ("robobrain2-7b-fp8dynamic-nvidia", 1)])
-def test_host_command_end_to_end(tmp_path, build_dir, recipe_name, code, capsys, monkeypatch):
-    """--host in this interpreter: on a machine without a GPU every case is skipped; green only for cpu."""
+@pytest.mark.parametrize("recipe_name", ["tiny-cpu", "robobrain2-7b-fp8dynamic-nvidia"])
+def test_host_command_where_nothing_runs_fails(tmp_path, build_dir, recipe_name, monkeypatch):
+    """--host in this interpreter, no device and no vLLM: every case skipped, and that fails on every vendor."""
     import argparse
 
-    monkeypatch.setenv("PYTHONPATH", str(_no_device_gems(tmp_path)))
+    monkeypatch.setenv("PYTHONPATH", str(no_device_gems(tmp_path)))
     parser = argparse.ArgumentParser()
     op_tests_command.configure("op-tests", parser)
     args = parser.parse_args([recipe_name, "--host", "--out", str(tmp_path / "o"), "--ops", "add", "softmax"])
-    assert op_tests_command.command("op-tests", args) == code
+    assert op_tests_command.command("op-tests", args) == 1
     data = json.loads((tmp_path / "o" / "summary.json").read_text())
     recipe, _ = load_recipe(recipe_name)
-    assert data["vendor"] == recipe.vendor
+    assert data["vendor"] == recipe.vendor and data["ok"] is False
+    assert data["verdict"].startswith("nothing was tested")
     assert {c["dtype"] for c in data["cases"]} == set(recipe.tests.op_tests.dtypes)
     assert data["counts"]["skipped"] == data["counts"]["total"] == 2 * len(recipe.tests.op_tests.dtypes)
     assert (tmp_path / "o" / "junit.xml").is_file()
+
+
+@needs_torch
+def test_host_command_on_a_cpu_machine_runs_vllm_kernels(tmp_path, build_dir, monkeypatch):
+    """tiny-cpu's recipe dtypes, no device for FlagGems, (fake) vLLM cpu kernels: green, with numbers."""
+    import argparse
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(no_device_gems(tmp_path)), str(FAKE_VLLM)]))
+    parser = argparse.ArgumentParser()
+    op_tests_command.configure("op-tests", parser)
+    args = parser.parse_args(["tiny-cpu", "--host", "--small", "--out", str(tmp_path / "o"),
+                              "--ops", "add", "vllm_rms_norm", "vllm_attention"])
+    assert op_tests_command.command("op-tests", args) == 0
+    data = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert data["counts_by_backend"] == {"vllm": {"passed": 8, "failed": 0, "skipped": 0, "total": 8},
+                                         "flag_gems": {"passed": 0, "failed": 0, "skipped": 2, "total": 2}}
+    assert all(c["kernel_err"] is not None for c in data["cases"] if c["backend"] == "vllm")
 
 
 def test_python_needs_host():

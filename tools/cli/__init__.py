@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-source": ("tools.cli.patches", "materialise the pristine upstream tree into the cache"),
     "render": ("tools.cli.build", "write and print the plan and the Dockerfile for a recipe"),
     "smoke": ("tools.cli.smoke", "serve a built image and check it through the OpenAI API"),
-    "op-tests": ("tools.cli.optests", "FlagGems operator tests vs torch against float64 references"),
+    "op-tests": ("tools.cli.optests", "operator tests (FlagGems; vLLM CPU kernels) vs torch and float64"),
     "release-matrix": ("tools.cli.matrix", "print the release workflow's recipe/vendor/runner matrix as JSON"),
     "publish": ("tools.cli.publish", "push a validated image (immutable + moving tags), verify, record, card"),
 }

@@ -44,14 +44,15 @@ class Ctx:
 @dataclass
 class Prepared:
     torch_call: Callable[[], Out]
-    gems_call: Callable[[], Out]
+    kernel_call: Callable[[], Out]  # the kernel under test: FlagGems' or vLLM's
     reference: Callable[[], Out]
     # "close": elementwise against the reference; otherwise a semantic check returning (err, score)
     check: str = "close"
-    gems_bench: Callable[[], Out] | None = None  # repeatable form for timing (in-place ops)
+    kernel_bench: Callable[[], Out] | None = None  # repeatable form for timing (in-place ops)
     # FlagGems' own function, called when use_gems() did not route the aten op to it (noted in the result)
     gems_direct: Callable[[], Out] | None = None
     extra: Mapping[str, Any] | None = None
+    cleanup: Callable[[], None] | None = None  # frees what the case allocated outside torch (oneDNN handles)
 
 
 def _need_gems(ctx: Ctx) -> Callable[..., Any]:
@@ -98,7 +99,7 @@ def fused_add_rms_norm(ctx: Ctx, p: Mapping[str, int]) -> Prepared:
 
     xb, rb = x.clone(), res.clone()  # in place, as vLLM calls it: timing reuses these buffers
     return Prepared(torch_call, lambda: fn(x.clone(), res.clone(), shape, w, eps), reference,
-                    gems_bench=lambda: fn(xb, rb, shape, w, eps))
+                    kernel_bench=lambda: fn(xb, rb, shape, w, eps))
 
 
 def layer_norm(ctx: Ctx, p: Mapping[str, int]) -> Prepared:

@@ -1,10 +1,11 @@
-"""Run the cases: probe torch and flag_gems, then compare and time each op (torch only once it imports).
+"""Run the cases: probe torch, flag_gems and vLLM, then compare and time each op (torch only once it imports).
 
 A case's status:
-- skipped: no device / torch or flag_gems does not import (the reason says which), FlagGems has no
-  kernel for the op (or did not run one: no 'GEMS ...' log record came from flag_gems while it ran),
-  or the time budget ran out;
-- failed: FlagGems' result is off the float64 reference by more than the tolerance, has the wrong
+- skipped: torch does not import (every case), its backend cannot run here (flag_gems does not import:
+  no device; vLLM's kernels do not import, or its platform is not cpu), the kernel is missing (FlagGems
+  has no kernel for the op or did not run one: no 'GEMS ...' log record came from flag_gems while it
+  ran; vLLM's build lacks the torch.ops._C op), or the time budget ran out; the reason says which;
+- failed: the kernel's result is off the float64 reference by more than the tolerance, has the wrong
   shape/dtype/indices, or the call raised;
 - passed: otherwise. Timing never decides a status; it is recorded.
 """
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cases import CaseSpec
+from .cases import Backend, CaseSpec
 from .report import CaseResult
 
 
@@ -37,14 +38,14 @@ class Skip(Exception):
 
 @dataclass
 class Measurement:
-    gems_err: float
-    gems_score: float
+    kernel_err: float  # the kernel under test (FlagGems' or vLLM's) against the reference
+    kernel_score: float
     torch_err: float | None = None
     torch_score: float | None = None
     torch_ms: float | None = None
-    gems_ms: float | None = None
+    kernel_ms: float | None = None
     torch_stream_ms: float | None = None
-    gems_stream_ms: float | None = None
+    kernel_stream_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -56,7 +57,20 @@ class Environment:
     info: dict[str, Any]
     torch: Any = None
     gems: Any = None
-    skip_reason: str | None = None
+    vllm: Any = None  # the vllm package, once vllm._custom_ops imported on a cpu platform
+    skip_reason: str | None = None  # torch does not import: every case
+    backend_skips: dict[Backend, str] = field(default_factory=dict)  # backend -> why its cases cannot run
+
+
+def dispatch(executors: dict[Backend, Executor], reasons: dict[Backend, str]) -> Executor:
+    """One executor over the backends: a case whose backend has none is skipped with that backend's reason."""
+    def execute(spec: CaseSpec) -> Measurement:
+        run = executors.get(spec.backend)
+        if run is None:
+            raise Skip(reasons.get(spec.backend) or f"no executor for backend {spec.backend}")
+        return run(spec)
+
+    return execute
 
 
 def _short(exc: BaseException) -> str:
@@ -65,8 +79,9 @@ def _short(exc: BaseException) -> str:
 
 
 def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Environment:
-    """Import torch and flag_gems; never raises. On a CPU-only machine flag_gems' import raises
-    RuntimeError('No device were detected on your machine !'): that becomes every case's skip reason."""
+    """Import torch, flag_gems and vLLM's kernels; never raises. On a CPU-only machine flag_gems' import
+    raises RuntimeError('No device were detected on your machine !'): that becomes the skip reason of
+    every FlagGems case, while vLLM's CPU kernels still run."""
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     env = Environment(info=info)
     try:
@@ -75,18 +90,42 @@ def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Envi
         env.skip_reason = f"torch does not import ({_short(exc)})"
         info["skip_reason"] = env.skip_reason
         return env
+    env.torch = torch
     info["torch"] = getattr(torch, "__version__", "?")
     info["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
     with contextlib.suppress(Exception):
         info["triton"] = import_module("triton").__version__
     try:
-        gems = import_module("flag_gems")
+        env.gems = import_module("flag_gems")
     except Exception as exc:  # noqa: BLE001
-        env.torch = torch
-        env.skip_reason = f"flag_gems does not import ({_short(exc)})"
-        info["skip_reason"] = env.skip_reason
-        return env
-    env.torch, env.gems = torch, gems
+        env.backend_skips["flag_gems"] = f"flag_gems does not import ({_short(exc)})"
+    else:
+        _gems_info(env.gems, torch, info)
+    _probe_vllm(env, import_module)
+    if env.backend_skips:
+        info["skip_reasons"] = dict(env.backend_skips)
+    return env
+
+
+def _probe_vllm(env: Environment, import_module: Callable[[str], Any]) -> None:
+    try:
+        import_module("vllm._custom_ops")  # loads the build's torch.ops._C kernels
+        vllm = import_module("vllm")
+        platform_ = import_module("vllm.platforms").current_platform
+    except Exception as exc:  # noqa: BLE001
+        env.backend_skips["vllm"] = f"vLLM's kernels do not import ({_short(exc)})"
+        return
+    env.info["vllm"] = getattr(vllm, "__version__", "?")
+    device = str(getattr(platform_, "device_type", "?"))
+    env.info["vllm_platform"] = device
+    if device != "cpu":
+        env.backend_skips["vllm"] = (f"vLLM's platform here is {device}: the vllm_* cases cover its cpu "
+                                     "kernels (the FlagGems cases cover the device)")
+        return
+    env.vllm = vllm
+
+
+def _gems_info(gems: Any, torch: Any, info: dict[str, Any]) -> None:
     info["flag_gems"] = getattr(gems, "__version__", "?")
     info["flag_gems_vendor"] = getattr(gems, "vendor_name", None)
     info["flag_gems_device"] = getattr(gems, "device", None)
@@ -96,7 +135,6 @@ def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Envi
         info["device_name"] = device_mod.get_device_name(0)
     with contextlib.suppress(Exception):
         info["allow_tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
-    return env
 
 
 # --- the loop (no torch here: executors are injected, so it is testable anywhere) --------------------------
@@ -104,17 +142,21 @@ def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Envi
 def judge(spec: CaseSpec, m: Measurement) -> CaseResult:
     tol = spec.tolerance
     r = CaseResult(spec.op, spec.dtype, spec.shape, "passed", rtol=tol.rtol, atol=tol.atol,
-                   gems_err=m.gems_err, torch_err=m.torch_err, gems_score=m.gems_score,
-                   torch_score=m.torch_score, torch_ms=m.torch_ms, gems_ms=m.gems_ms,
-                   torch_stream_ms=m.torch_stream_ms, gems_stream_ms=m.gems_stream_ms, notes=list(m.notes))
-    if not m.gems_score <= 1.0:  # also catches NaN
+                   kernel_err=m.kernel_err, torch_err=m.torch_err, kernel_score=m.kernel_score,
+                   torch_score=m.torch_score, torch_ms=m.torch_ms, kernel_ms=m.kernel_ms,
+                   torch_stream_ms=m.torch_stream_ms, kernel_stream_ms=m.kernel_stream_ms, notes=list(m.notes),
+                   backend=spec.backend)
+    if not m.kernel_score <= 1.0:  # also catches NaN
         r.status = "failed"
-        r.reason = (f"max |gems - ref| = {m.gems_err:.3g} is {m.gems_score:.3g}x the tolerance "
+        r.reason = (f"max |{_SIDE[spec.backend]} - ref| = {m.kernel_err:.3g} is {m.kernel_score:.3g}x the tolerance "
                     f"(rtol {tol.rtol:g}, atol {tol.atol:.3g}); torch native: {_fmt(m.torch_err)} "
                     f"({_fmt(m.torch_score)}x)")
     if m.torch_score is not None and m.torch_score > 1.0:
         r.notes.append(f"torch native is also outside the tolerance ({m.torch_score:.3g}x)")
     return r
+
+
+_SIDE: dict[Backend, str] = {"flag_gems": "gems", "vllm": "vllm"}
 
 
 def _fmt(value: float | None) -> str:
@@ -130,20 +172,22 @@ def run_cases(specs: Sequence[CaseSpec], execute: Executor | None, *, skip_reaso
     for i, spec in enumerate(specs):
         t0 = clock()
         if skip_reason is not None or execute is None:
-            result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped", skip_reason or "no executor")
+            result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped", skip_reason or "no executor",
+                                backend=spec.backend)
         elif budget_s is not None and t0 - start > budget_s:
             result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped",
-                                f"time budget of {budget_s:g}s spent before this case")
+                                f"time budget of {budget_s:g}s spent before this case", backend=spec.backend)
         else:
             tol = spec.tolerance
             try:
                 result = judge(spec, execute(spec))
             except Skip as exc:
                 result = CaseResult(spec.op, spec.dtype, spec.shape, "skipped", str(exc), rtol=tol.rtol,
-                                    atol=tol.atol)
+                                    atol=tol.atol, backend=spec.backend)
             except Exception as exc:  # noqa: BLE001 - a raising kernel is that case's failure
                 result = CaseResult(spec.op, spec.dtype, spec.shape, "failed", f"raised {_short(exc)}",
-                                    detail=traceback.format_exc(), rtol=tol.rtol, atol=tol.atol)
+                                    detail=traceback.format_exc(), rtol=tol.rtol, atol=tol.atol,
+                                    backend=spec.backend)
         result.duration_s = round(clock() - t0, 3)
         results.append(result)
         if on_result is not None:
@@ -201,44 +245,12 @@ def capture_gems_log(names: Sequence[str] = ("flag_gems",)) -> Iterator[_GemsLog
             logger.propagate = propagate
 
 
-class TorchExecutor:
-    """Runs one case on the device flag_gems chose: reference, torch native, FlagGems, timings."""
+class Bench:
+    """Timing and seeding shared by the executors (torch is handed in: this module imports without it)."""
 
-    def __init__(self, torch: Any, gems: Any, *, reps: int = 30, warmup: int = 5, seed: int = 0) -> None:
-        from . import ops
-
-        self.torch, self.gems, self.ops = torch, gems, ops
+    def __init__(self, torch: Any, device: Any, *, reps: int = 30, warmup: int = 5, seed: int = 0) -> None:
+        self.torch, self.device = torch, device
         self.reps, self.warmup, self.seed = reps, warmup, seed
-        self.device = torch.device(str(getattr(gems, "device", "cpu")))
-        # float64 on the GPU where it is fast and exact; elsewhere (NPUs lack float64) on the CPU
-        self.ref_device = self.device if self.device.type in {"cuda", "cpu"} else torch.device("cpu")
-        self.version = getattr(gems, "__version__", "?")
-        self.loggers = gems_logger_names(gems)
-        self._unused = self._vendor_unused()
-
-    def _vendor_unused(self) -> set[str]:
-        vendor = getattr(self.gems, "vendor_name", "nvidia")
-        if vendor == "nvidia":
-            return set()
-        with contextlib.suppress(Exception):
-            return set(self.gems.runtime.backend.get_unused_ops(vendor))
-        return set()
-
-    def include_names(self, aten: Sequence[str]) -> list[str]:
-        """FlagGems function names registered for these aten overloads (what use_gems(include=) takes)."""
-        config = getattr(self.gems, "_FULL_CONFIG", None)
-        if config is None:
-            return sorted({a.split(".")[0].lstrip("_") for a in aten})
-        names: list[str] = []
-        for item in config:
-            if len(item) < 2 or item[0] not in aten:
-                continue
-            if len(item) > 2 and callable(item[2]) and not item[2]():
-                continue
-            name = getattr(item[1], "__name__", None)
-            if name and name not in names:
-                names.append(name)
-        return names
 
     def sync(self) -> None:
         mod = getattr(self.torch, self.device.type, None)
@@ -281,6 +293,46 @@ class TorchExecutor:
             gen = self.torch.Generator()
         return gen.manual_seed(seed)
 
+
+class GemsExecutor(Bench):
+    """Runs one case on the device flag_gems chose: reference, torch native, FlagGems, timings."""
+
+    def __init__(self, torch: Any, gems: Any, *, reps: int = 30, warmup: int = 5, seed: int = 0) -> None:
+        from . import ops
+
+        super().__init__(torch, torch.device(str(getattr(gems, "device", "cpu"))), reps=reps, warmup=warmup,
+                         seed=seed)
+        self.gems, self.ops = gems, ops
+        # float64 on the GPU where it is fast and exact; elsewhere (NPUs lack float64) on the CPU
+        self.ref_device = self.device if self.device.type in {"cuda", "cpu"} else torch.device("cpu")
+        self.version = getattr(gems, "__version__", "?")
+        self.loggers = gems_logger_names(gems)
+        self._unused = self._vendor_unused()
+
+    def _vendor_unused(self) -> set[str]:
+        vendor = getattr(self.gems, "vendor_name", "nvidia")
+        if vendor == "nvidia":
+            return set()
+        with contextlib.suppress(Exception):
+            return set(self.gems.runtime.backend.get_unused_ops(vendor))
+        return set()
+
+    def include_names(self, aten: Sequence[str]) -> list[str]:
+        """FlagGems function names registered for these aten overloads (what use_gems(include=) takes)."""
+        config = getattr(self.gems, "_FULL_CONFIG", None)
+        if config is None:
+            return sorted({a.split(".")[0].lstrip("_") for a in aten})
+        names: list[str] = []
+        for item in config:
+            if len(item) < 2 or item[0] not in aten:
+                continue
+            if len(item) > 2 and callable(item[2]) and not item[2]():
+                continue
+            name = getattr(item[1], "__name__", None)
+            if name and name not in names:
+                names.append(name)
+        return names
+
     def __call__(self, spec: CaseSpec) -> Measurement:
         torch, op = self.torch, spec.opdef
         dtype = getattr(torch, spec.dtype)
@@ -310,10 +362,10 @@ class TorchExecutor:
                 notes.append(f"torch native path ran FlagGems kernels ({log.messages[0]}): registrations leaked")
             torch_err, torch_score = self.ops.compare(prepared, torch_out, ref, tol.rtol, tol.atol)
             gems_ctx = self.gems.use_gems(include=names) if names else contextlib.nullcontext()
-            gems_call = prepared.gems_bench or prepared.gems_call
+            gems_call = prepared.kernel_bench or prepared.kernel_call
             with gems_ctx:
                 with capture_gems_log(self.loggers) as log:
-                    gems_out = prepared.gems_call()
+                    gems_out = prepared.kernel_call()
                     self.sync()
                 if names and not log.messages:
                     routed = f"aten::{', aten::'.join(op.aten)} under use_gems(include={names})"
@@ -331,9 +383,9 @@ class TorchExecutor:
             torch_ms, torch_stream_ms = self.bench(prepared.torch_call)
             self._same_kind(torch_out, gems_out)
             gems_err, gems_score = self.ops.compare(prepared, gems_out, ref, tol.rtol, tol.atol)
-        return Measurement(gems_err=gems_err, gems_score=gems_score, torch_err=torch_err, torch_score=torch_score,
-                           torch_ms=round(torch_ms, 5), gems_ms=round(gems_ms, 5),
-                           torch_stream_ms=round(torch_stream_ms, 5), gems_stream_ms=round(gems_stream_ms, 5),
+        return Measurement(kernel_err=gems_err, kernel_score=gems_score, torch_err=torch_err,
+                           torch_score=torch_score, torch_ms=round(torch_ms, 5), kernel_ms=round(gems_ms, 5),
+                           torch_stream_ms=round(torch_stream_ms, 5), kernel_stream_ms=round(gems_stream_ms, 5),
                            notes=notes)
 
     def _same_kind(self, torch_out: Any, gems_out: Any) -> None:

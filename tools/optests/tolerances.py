@@ -21,6 +21,9 @@ same (already rounded) inputs. Why these numbers:
   A GEMM that rounds float32 inputs to TF32 (10 bits) would still fail: its error, about 2^-11 * sqrt(K)
   per element, is several times this bound.
   cumsum is not scaled: its terms are probabilities that sum to at most 1.
+- Attention (vLLM's CPU kernel) is scaled by the head size D, the length of its q @ k^T sums, as the
+  bmm case (attention scores) is by K: an error in a score moves the output by that much times |v|.
+  Its second product, softmax weights times V, is not scaled: the weights sum to 1, as in cumsum.
 - Index-valued or gathered results (embedding, argmax, topk, sort) are exact: 0 / 0.
 """
 

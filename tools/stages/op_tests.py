@@ -1,6 +1,8 @@
-"""`nox -s op-tests -- RECIPE [--image REF | --host]`: FlagGems operator tests against float64 references.
+"""`nox -s op-tests -- RECIPE [--image REF | --host]`: operator tests against float64 references.
 
-The suite itself is the self-contained package tools/optests (stdlib + torch + flag_gems). With --image
+The suite itself is the self-contained package tools/optests (stdlib + torch, with flag_gems and vllm
+where present): FlagGems' kernels where a device exists, vLLM's own CPU kernels where its platform is
+cpu; a run in which nothing passed is a failure on every vendor. With --image
 (default: the recipe's local build) it runs inside the image: the package is mounted read-only at
 /opt/flagrelease/optests and run as `python3 -m optests` with PYTHONPATH=/opt/flagrelease, under the
 vendor's device flags, in a uniquely named container that is always removed. With --host it runs in a
@@ -154,7 +156,8 @@ def run_op_tests(recipe: Recipe, *, image: str | None = None, host: bool = False
     if image_id:
         results.store(results.StoredResult(
             kind="op-tests", image_id=image_id, passed=ok, report=str(summary_path),
-            summary={"counts": data.get("counts"), "verdict": data.get("verdict"),
+            summary={"counts": data.get("counts"), "counts_by_backend": data.get("counts_by_backend"),
+                     "verdict": data.get("verdict"),
                      "speed_ratio_geomean": data.get("speed_ratio_geomean"),
                      "device": data.get("environment", {}).get("device_name"),
                      "flag_gems": data.get("environment", {}).get("flag_gems")}))
