@@ -45,6 +45,28 @@ from tools.stages import op_tests as optests_cli
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 
 
+# --- torch on the host ------------------------------------------------------------------------------------
+
+def test_the_test_extras_pin_the_cpu_vendors_torch():
+    """The numerics below need torch: the [test] extras carry the cpu vendor's pin (its +cpu build lies in
+    the machines' local wheel folder), so CI's venv has it."""
+    import tomllib
+
+    from tools.core.lock import load_lock
+
+    extras = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pin,) = [req for req in extras["test"] if req.startswith("torch")]
+    locked = str(load_lock().lock.vendors["cpu"].torch)  # type: ignore[index]
+    assert pin == f"torch=={locked.split('+')[0]}"
+
+
+@pytest.mark.skipif(not (os.environ.get("CI") or ".nox" in sys.prefix),
+                    reason="outside CI and the nox venv, torch may be missing and the numerics tests skip")
+def test_ci_runs_the_numerics():
+    """In CI (and in the nox venv, built from the [test] extras) the needs_torch tests must not skip."""
+    assert importlib.util.find_spec("torch") is not None, "torch is missing: pip install -e '.[test]'"
+
+
 # --- tolerances -------------------------------------------------------------------------------------------
 
 def test_tolerances_per_dtype_and_their_scaling():
