@@ -31,6 +31,7 @@ from tools.mech.registry import (
 )
 from tools.stages import publish as pub
 from tools.stages import results
+from tools.stages.card import render_card
 from tools.stages.publish import LocalImage, PublishOptions, publish
 from tools.stages.record import load_record, release_dir
 
@@ -112,6 +113,90 @@ def test_skipped_check_is_refused_naming_the_flag(fake_image, kind, flag):
     text = _refusal()
     assert f"{kind} was skipped with {flag} ('no GPU on this host')" in text
     assert f"rebuild without {flag}" in text
+
+
+NOTHING_RAN = ("nothing was tested: all 42 case(s) skipped: FlagGems 0/42 passed, 42 skipped (flag_gems does not "
+               "import (RuntimeError: No device were detected on your machine !))")
+
+
+def _store_nothing_ran(image_id: str) -> None:
+    _store(image_id, smoke=True, op_tests=None)
+    results.store(results.StoredResult(kind="op-tests", image_id=image_id, passed=False,
+                                       report="/reports/summary.json",
+                                       summary={"counts": {"passed": 0, "failed": 0, "skipped": 42, "total": 42},
+                                                "verdict": NOTHING_RAN}))
+
+
+def test_op_tests_where_nothing_ran_are_refused_naming_the_opt_in(fake_image):
+    _store_nothing_ran(fake_image.image_id)
+    text = _refusal()
+    assert f"op-tests FAILED: {NOTHING_RAN}" in text
+    assert "or publish with --accept-untested-op-tests REASON (recorded in the release record and on the card)" in text
+
+
+def test_accepted_untested_op_tests_are_recorded_and_shown_on_the_card(fake_image):
+    _store_nothing_ran(fake_image.image_id)
+    recipe, _ = load_recipe("tiny-cpu")
+    reason = "FlagGems has no device here; vLLM kernels tested on the site's runner"
+    record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests=f" {reason} "))
+    (waiver,) = record.waivers
+    assert (waiver.kind, waiver.flag, waiver.reason) == ("op-tests", "--accept-untested-op-tests", reason)
+    assert waiver.status.startswith(f"op-tests FAILED: {NOTHING_RAN}")
+    assert record.tests["op-tests"].passed is False and record.tests["smoke"].passed is True
+    assert json.loads(record.model_dump_json())["waivers"][0]["reason"] == reason
+    text = render_card(recipe, record)
+    assert "**Operator tests did NOT pass on this image** (op-tests FAILED: nothing was tested" in text
+    assert f"published anyway with `--accept-untested-op-tests`: {reason}" in text
+    assert "passed on this image against float64" not in text
+
+
+def test_the_opt_in_covers_op_tests_only_and_needs_a_reason(fake_image):
+    recipe, _ = load_recipe("tiny-cpu")
+    _store(fake_image.image_id, smoke=False, op_tests=None)  # no op-test result at all, and smoke failed
+    with pytest.raises(UserError) as info:
+        publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="no device"))
+    text = info.value.render()
+    assert "smoke FAILED" in text and "op-tests" not in text.split("where:")[0]
+    _store(fake_image.image_id, smoke=True, op_tests=None)
+    record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="no device"))
+    assert record.waivers[0].status == "no stored op-tests result for this image" and "op-tests" not in record.tests
+    with pytest.raises(UserError, match="--accept-untested-op-tests needs a reason"):
+        publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="  "))
+
+
+def test_passed_op_tests_need_no_waiver_and_the_card_says_what_ran(fake_image):
+    _store(fake_image.image_id, smoke=True, op_tests=None)
+    verdict = ("21 passed, 42 skipped of 63: vLLM kernels 21/21 passed; FlagGems 0/42 passed, 42 skipped "
+               "(flag_gems does not import (RuntimeError: No device))")
+    results.store(results.StoredResult(kind="op-tests", image_id=fake_image.image_id, passed=True,
+                                       summary={"counts": {"passed": 21, "failed": 0, "skipped": 42, "total": 63},
+                                                "verdict": verdict}))
+    recipe, _ = load_recipe("tiny-cpu")
+    record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="unused"))
+    assert record.waivers == []
+    text = render_card(recipe, record)
+    assert ("passed on this image against float64 references (21 of 63 cases passed: vLLM kernels 21/21 passed; "
+            "FlagGems 0/42 passed, 42 skipped (flag_gems does not import") in text
+
+
+def test_publish_cli_passes_the_opt_in(monkeypatch):
+    import argparse
+
+    from tools.cli import publish as cli
+
+    seen: list[PublishOptions] = []
+
+    def fake_publish(recipe, image, options):
+        seen.append(options)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(cli, "publish", fake_publish)
+    parser = argparse.ArgumentParser()
+    cli.configure("publish", parser)
+    with pytest.raises(UserError, match="stop here"):
+        cli.command("publish", parser.parse_args(["tiny-cpu", "--accept-untested-op-tests", "site tested"]))
+    assert seen[0].accept_untested_op_tests == "site tested"
+    assert parser.parse_args(["tiny-cpu"]).accept_untested_op_tests is None
 
 
 def test_results_of_another_image_do_not_count(fake_image):

@@ -1,4 +1,5 @@
-"""`publish RECIPE [--image REF] [--registry R] [--namespace N] [--dry-run]`: push a validated image."""
+"""`publish RECIPE [--image REF] [--registry R] [--namespace N] [--dry-run] [--accept-untested-op-tests REASON]`:
+push a validated image."""
 
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the image and its results and print the tags; push and write nothing")
     parser.add_argument("--retries", type=int, default=4, help="retries on transient registry errors (5xx, resets)")
+    parser.add_argument("--accept-untested-op-tests", metavar="REASON",
+                        help="publish although this image's op tests did not pass (failed, nothing ran, skipped or "
+                             "never ran); REASON is recorded in the release record and shown on the card")
 
 
 def command(name: str, args: argparse.Namespace) -> int:
     recipe, _ = load_recipe(args.recipe)
     image = args.image or local_image(recipe.name)
     options = PublishOptions(registry=args.registry, namespace=args.namespace, dry_run=args.dry_run,
-                             retries=max(0, args.retries))
+                             retries=max(0, args.retries), accept_untested_op_tests=args.accept_untested_op_tests)
     record = publish(recipe, image, options)
     for tag in record.tags:
         print(f"{tag.action:<10} {tag.ref}" + (f"  {tag.digest}" if tag.digest else ""))

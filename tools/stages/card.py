@@ -173,6 +173,7 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "record": record,
         "smoke": record.tests.get("smoke"),
         "op_tests": record.tests.get("op-tests"),
+        "op_tests_waiver": next((w for w in record.waivers if w.kind == "op-tests"), None),
     }
 
 

@@ -2,7 +2,9 @@
 
 Order of events (each step refuses with one message rather than leaving a half-done release):
   1. the local image is a FlagRelease build of this recipe (labels), and its stored smoke and op-test
-     results for this exact image id passed (a skipped check is not a pass);
+     results for this exact image id passed (a skipped check is not a pass, nor is an op-test run in which
+     nothing ran); op tests that did not pass are accepted only with --accept-untested-op-tests REASON,
+     which the record and the card carry;
   2. the registry answers and accepts our credentials;
   3. the immutable tag: absent -> push; present with our content -> nothing to do; present with other
      content -> refuse (an immutable tag never moves);
@@ -43,6 +45,7 @@ from tools.stages.record import (
     TagAction,
     TagRecord,
     Times,
+    Waiver,
     host_facts,
     patch_stack_from,
     result_records,
@@ -52,6 +55,7 @@ from tools.stages.record import (
 from tools.stages.tags import ReleaseTags, release_tags, resolve_target
 
 SKIP_FLAGS: dict[results.Kind, str] = {"smoke": "--skip-smoke", "op-tests": "--skip-op-tests"}
+ACCEPT_UNTESTED_OP_TESTS = "--accept-untested-op-tests"
 _PUSHED_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 
@@ -65,6 +69,8 @@ class PublishOptions:
     backoff_s: float = 2.0
     timeout_s: float = 30.0
     push_timeout_s: float = 3600.0
+    # publish although the image's op tests did not pass (failed, ran nothing, skipped, never ran): the reason
+    accept_untested_op_tests: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,13 +110,19 @@ def check_labels(recipe: Recipe, image: LocalImage) -> None:
                             where=f"label {label}", fix="publish the recipe the image was built from")
 
 
-def check_results(recipe: Recipe, image: LocalImage) -> dict[str, results.StoredResult]:
-    """Only an image whose own smoke and op-test results passed may leave the machine."""
+def check_results(recipe: Recipe, image: LocalImage, *, accept_untested_op_tests: str | None = None,
+                  waivers: list[Waiver] | None = None) -> dict[str, results.StoredResult]:
+    """Only an image whose own smoke and op-test results passed may leave the machine. Op tests that did not
+    pass are let through only with a reason (accept_untested_op_tests), appended to `waivers`."""
+    if accept_untested_op_tests is not None and not accept_untested_op_tests.strip():
+        raise UserError(f"{ACCEPT_UNTESTED_OP_TESTS} needs a reason", where=ACCEPT_UNTESTED_OP_TESTS,
+                        fix=f"say why, e.g. {ACCEPT_UNTESTED_OP_TESTS} 'no NPU on the build host; tested on site'")
     stored: dict[str, results.StoredResult] = {}
     problems: list[str] = []
     fixes: list[str] = []
     for kind, flag in SKIP_FLAGS.items():
         result = results.load(image.image_id, kind)
+        before = len(problems)
         if result is None:
             problems.append(f"no stored {kind} result for this image")
             fixes.append(f"nox -s build-{recipe.vendor} -- {recipe.name} validates it")
@@ -124,6 +136,17 @@ def check_results(recipe: Recipe, image: LocalImage) -> dict[str, results.Stored
             fixes.append(f"fix the {kind} failure and rebuild")
         else:
             stored[kind] = result
+        if kind == "op-tests" and len(problems) > before:
+            if accept_untested_op_tests is None:
+                fixes[-1] += (f", or publish with {ACCEPT_UNTESTED_OP_TESTS} REASON (recorded in the release "
+                              "record and on the card)")
+                continue
+            if result is not None:
+                stored[kind] = result  # the record and card show what did not pass
+            fixes.pop()
+            if waivers is not None:
+                waivers.append(Waiver(kind=kind, flag=ACCEPT_UNTESTED_OP_TESTS,
+                                      reason=accept_untested_op_tests.strip(), status=problems.pop()))
     if problems:
         raise UserError(f"refusing to publish {image.ref} ({image.image_id[:19]}): " + "; ".join(problems),
                         where=f"stored results for image {image.image_id} under {paths.build_dir() / 'results'}",
@@ -225,11 +248,15 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
     with phase(f"Publish: check {recipe.name}"):
         image = inspect_image(image_ref)
         check_labels(recipe, image)
-        stored = check_results(recipe, image)
+        waivers: list[Waiver] = []
+        stored = check_results(recipe, image, accept_untested_op_tests=options.accept_untested_op_tests,
+                               waivers=waivers)
         target = resolve_target(recipe, options.registry, options.namespace)
         vllm_version = image.labels.get(L.VLLM_VERSION) or "unknown"
         tags = release_tags(recipe, target, vllm_version=vllm_version, content_key=image.labels[L.CONTENT_KEY])
-        info(f"  image    {image_ref} ({image.image_id[:19]}); smoke and op-tests passed")
+        info(f"  image    {image_ref} ({image.image_id[:19]}); smoke passed; op-tests "
+             + (f"did NOT pass ({waivers[0].status}): accepted with {ACCEPT_UNTESTED_OP_TESTS} "
+                f"{waivers[0].reason!r}" if waivers else "passed"))
         info(f"  target   {target.repo_ref} ({target.source})")
         info(f"  tags     {tags.immutable} (immutable); {', '.join(tags.moving) or 'no moving tags'}")
 
@@ -243,7 +270,7 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
         tags=[TagRecord(tag=t, ref=target.ref(t), kind=k, action="would-push")
               for t, k in [(tags.immutable, "immutable"), *((m, "moving") for m in tags.moving)]],
         versions=versions_from(image.labels, recipe.vendor),
-        patch_stack=patch_stack_from(image.labels, recipe.vendor), tests=result_records(stored),
+        patch_stack=patch_stack_from(image.labels, recipe.vendor), tests=result_records(stored), waivers=waivers,
         host=host_facts(),
         times=Times(started_at=started, finished_at=_now(), push_s=0, verify_s=0,
                     total_s=round(time.monotonic() - t0, 3)),

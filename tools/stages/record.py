@@ -78,6 +78,14 @@ class ResultRecord(Model):
     recorded_at: str
 
 
+class Waiver(Model):
+    """A check that did not pass, published anyway on an explicit, recorded opt-in."""
+    kind: str  # "op-tests"
+    flag: str  # the option that accepted it
+    reason: str  # the publisher's words
+    status: str  # what was accepted: the verdict, the skip, or that no result was stored
+
+
 class HostFacts(Model):
     hostname: str
     os: str
@@ -114,6 +122,7 @@ class ReleaseRecord(Model):
     versions: Versions
     patch_stack: PatchStack
     tests: dict[str, ResultRecord]
+    waivers: list[Waiver] = []
     host: HostFacts
     times: Times
     dry_run: bool = False
