@@ -292,6 +292,15 @@ def test_probe_takes_vllm_kernels_only_on_its_cpu_platform():
     env = probe(importer("cuda"))
     assert env.vllm is None
     assert env.backend_skips["vllm"].startswith("vLLM's platform here is cuda: the vllm_* cases cover its cpu kernels")
+    # a run with vLLM cases only imports no flag_gems (on a GPU that import initialises the device)
+    asked: list[str] = []
+
+    def recording(name: str):
+        asked.append(name)
+        return importer("cpu")(name)
+
+    env = probe(recording, backends={"vllm"})
+    assert "flag_gems" not in asked and "vllm._custom_ops" in asked and env.backend_skips == {}
 
 
 def test_gems_log_capture_sees_arch_loggers_and_prints_nothing(tmp_path, monkeypatch, capsys):

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spec in specs:
             print(spec.case_id)
         return 0
-    env = probe()
+    env = probe(backends={spec.backend for spec in specs})  # no import of a backend the run does not use
     vendor = args.vendor or (getattr(env.gems, "vendor_name", None) if env.gems is not None else None) or "cpu"
     environment = env_summary(env)
     environment["vendor"] = vendor

@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,10 +78,12 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Environment:
-    """Import torch, flag_gems and vLLM's kernels; never raises. On a CPU-only machine flag_gems' import
-    raises RuntimeError('No device were detected on your machine !'): that becomes the skip reason of
-    every FlagGems case, while vLLM's CPU kernels still run."""
+def probe(import_module: Callable[[str], Any] = importlib.import_module,
+          backends: Iterable[Backend] = ("flag_gems", "vllm")) -> Environment:
+    """Import torch, and flag_gems and vLLM's kernels where the run has cases for them; never raises. On a
+    CPU-only machine flag_gems' import raises RuntimeError('No device were detected on your machine !'):
+    that becomes the skip reason of every FlagGems case, while vLLM's CPU kernels still run."""
+    backends = set(backends)
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     env = Environment(info=info)
     try:
@@ -95,13 +97,15 @@ def probe(import_module: Callable[[str], Any] = importlib.import_module) -> Envi
     info["cuda"] = getattr(getattr(torch, "version", None), "cuda", None)
     with contextlib.suppress(Exception):
         info["triton"] = import_module("triton").__version__
-    try:
-        env.gems = import_module("flag_gems")
-    except Exception as exc:  # noqa: BLE001
-        env.backend_skips["flag_gems"] = f"flag_gems does not import ({_short(exc)})"
-    else:
-        _gems_info(env.gems, torch, info)
-    _probe_vllm(env, import_module)
+    if "flag_gems" in backends:
+        try:
+            env.gems = import_module("flag_gems")
+        except Exception as exc:  # noqa: BLE001
+            env.backend_skips["flag_gems"] = f"flag_gems does not import ({_short(exc)})"
+        else:
+            _gems_info(env.gems, torch, info)
+    if "vllm" in backends:
+        _probe_vllm(env, import_module)
     if env.backend_skips:
         info["skip_reasons"] = dict(env.backend_skips)
     return env
