@@ -84,9 +84,9 @@ def test_kimi_carries_the_values_its_note_sets():
 
 def test_single_node_release_has_no_hostfile_and_no_ray_runner():
     ours = _files("robobrain2-7b-fp8dynamic-nvidia")
-    assert set(ours) == {"robobrain2_7b_fp8dynamic_nvidia/conf/serve.yaml",
-                         "robobrain2_7b_fp8dynamic_nvidia/conf/serve/default.yaml"}
-    assert ours["robobrain2_7b_fp8dynamic_nvidia/conf/serve.yaml"]["experiment"]["runner"] == {
+    # the note's own FlagScale example and size: `flagscale serve robobrain2`, serve/7b.yaml
+    assert set(ours) == {"robobrain2/conf/serve.yaml", "robobrain2/conf/serve/7b.yaml"}
+    assert ours["robobrain2/conf/serve.yaml"]["experiment"]["runner"] == {
         "ssh_port": "${oc.env:FLAGOS_SSH_PORT,22}"}
 
 
@@ -132,3 +132,42 @@ def test_render_writes_the_files_next_to_the_dockerfile(tmp_path: Path, monkeypa
     conf = tmp_path / "rendered" / "ernie-4.5-300b-a47b-nvidia" / "flagscale" / "ernie45" / "conf"
     assert sorted(p.relative_to(conf).as_posix() for p in conf.rglob("*") if p.is_file()) == [
         "hostfile.txt", "serve.yaml", "serve/300b.yaml"]
+
+
+def _flagscale_flatten(args: dict[str, Any]) -> list[str]:
+    """FlagScale 0.8.0's rule for engine_args -> `vllm serve` flags (flagscale/runner/utils.py
+    flatten_dict_to_args, as its run_inference_engine.py calls it): key -> --key-with-dashes value, true -> the
+    bare flag, false dropped, a list -> --key v1 v2, and a nested mapping flattened WITHOUT its own key."""
+    out: list[str] = []
+    for key, value in args.items():
+        if isinstance(value, dict):
+            out += _flagscale_flatten(value)
+        elif isinstance(value, bool):
+            out += [f"--{key.replace('_', '-')}"] if value else []
+        elif isinstance(value, list):
+            out += [f"--{key.replace('_', '-')}", *map(str, value)]
+        else:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+def test_image_limit_survives_flagscales_flattening_and_matches_our_own_argv():
+    from tools.core.recipe import engine_argv
+
+    recipe, _ = load_recipe("qwen2.5-vl-32b-instruct-nvidia")
+    (item,) = _files(recipe.name)["qwen2_5_vl/conf/serve/32b_instruct.yaml"]
+    args = {**item["engine_args_specific"]["vllm"], **item["engine_args"]}
+    # a YAML mapping here would become a bare `--image 18`: it is one JSON string instead
+    assert args["limit_mm_per_prompt"] == '{"image":18}'
+    flags = _flagscale_flatten({k: v for k, v in args.items() if k != "model"})
+    i = flags.index("--limit-mm-per-prompt")
+    assert flags[i + 1] == '{"image":18}' and "--image" not in flags
+    ours = engine_argv(recipe, recipe.model.path, recipe.serve.host, recipe.serve.port)
+    assert ours[ours.index("--limit-mm-per-prompt") + 1] == flags[i + 1]
+    # the same flags, whoever starts the engine
+    assert sorted(flags) == sorted(ours[2:])
+
+
+def test_the_flattening_rule_breaks_a_nested_mapping():
+    # why the mapping must not reach FlagScale as YAML structure
+    assert _flagscale_flatten({"limit_mm_per_prompt": {"image": 18}}) == ["--image", "18"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +18,17 @@ from tools.core.validation import to_user_error
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 TagName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
 EnvValue = str | int | float | bool
+JsonScalar = str | int | float | bool
+# A mapping value, for the vLLM options that take JSON (e.g. limit_mm_per_prompt: {image: 18})
+EngineMapping = dict[str, JsonScalar | dict[str, JsonScalar]]
 # Engine arguments: FlagScale serve YAML keys (snake_case) mapped 1:1 to vLLM CLI flags.
-EngineArgs = dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], EnvValue | list[str]]
+EngineArgs = dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], EnvValue | list[str] | EngineMapping]
+# vLLM 0.32.0 options whose value it parses with json.loads (`vllm serve --help=limit-mm-per-prompt`):
+# `--limit-mm-per-prompt image=18`, the form FlagScale's examples and the notes write, exits with
+# "Value image=18 cannot be converted"; `--limit-mm-per-prompt '{"image":18}'` works.
+JSON_ENGINE_ARGS = frozenset({"limit_mm_per_prompt", "mm_processor_kwargs", "hf_overrides", "compilation_config",
+                              "speculative_config", "kv_transfer_config", "override_generation_config",
+                              "media_io_kwargs"})
 # Set by the smoke runner itself; a recipe must not override them.
 _RESERVED_ENGINE_ARGS = {"model", "host", "port", "served_model_name"}
 
@@ -29,7 +39,8 @@ class Strict(BaseModel):
 
 class Model(Strict):
     id: str = Field(description="upstream model id, as the card names it")
-    source: str = Field(description="where weights come from: 'tiny' (made by the project) or a hub command")
+    source: str = Field(description="where weights come from: 'tiny' / 'tiny-vl' (made by the project: "
+                                    "tools/stages/tinymodel.py, tinyvl.py) or a hub")
     path: str = Field(description="model directory inside the container")
     host_path: str | None = Field(default=None, description="model directory on the host, mounted at path")
     weights_url: str | None = None
@@ -84,7 +95,29 @@ class Serve(Strict):
         bad = sorted(_RESERVED_ENGINE_ARGS & value.keys())
         if bad:
             raise ValueError(f"{', '.join(bad)} is set from serve/model keys, not engine_args")
+        for key, item in value.items():
+            if isinstance(item, dict) and key not in JSON_ENGINE_ARGS:
+                raise ValueError(f"{key} takes no mapping (only {', '.join(sorted(JSON_ENGINE_ARGS))} do)")
+            if isinstance(item, str) and key in JSON_ENGINE_ARGS:
+                try:
+                    parsed = json.loads(item)
+                except ValueError:
+                    parsed = None
+                if not isinstance(parsed, dict):
+                    example = re.sub(r"(\w+)=(\w+)", r"\1: \2", item)
+                    raise ValueError(f"{key}: {item!r} is not JSON, and vLLM 0.32.0 parses --{key.replace('_', '-')} "
+                                     f"as JSON: write it as a mapping, e.g. {key}: {{{example}}}")
         return value
+
+    def image_limit(self) -> int | None:
+        """Images per prompt the engine allows, when the recipe sets limit_mm_per_prompt (None: vLLM's default)."""
+        limits = self.engine_args.get("limit_mm_per_prompt")
+        if isinstance(limits, str):
+            limits = json.loads(limits)
+        image = limits.get("image") if isinstance(limits, dict) else None
+        if isinstance(image, dict):  # vLLM's configurable form: {"image": {"count": 5, "width": 512, ...}}
+            image = image.get("count")
+        return int(image) if isinstance(image, int | float) and not isinstance(image, bool) else None
 
 
 class RunProfile(Strict):
@@ -106,6 +139,9 @@ class Build(Strict):
 class SmokeTest(Strict):
     prompt: str = "Say hello."
     max_tokens: int = Field(default=16, ge=1, le=4096)
+    # vision-language releases: PNGs sent with the prompt (as image_url data URLs); with a declared
+    # limit_mm_per_prompt image limit, a request with one image too many must get the engine's 400
+    images: int = Field(default=0, ge=0, le=16)
 
 
 class OpTests(Strict):
@@ -148,6 +184,14 @@ class Recipe(Strict):
         if value not in vendors.names():
             raise ValueError(f"unknown vendor {value!r}: use one of {', '.join(vendors.names())} (vendors.toml)")
         return value
+
+    @model_validator(mode="after")
+    def _images_within_the_limit(self) -> Recipe:
+        images, limit = self.tests.smoke.images, self.serve.image_limit()
+        if images and limit is not None and images > limit:
+            raise ValueError(f"tests.smoke.images is {images}, more than serve.engine_args.limit_mm_per_prompt "
+                             f"allows ({limit})")
+        return self
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -192,11 +236,22 @@ def load_recipe(name_or_path: str) -> tuple[Recipe, Path]:
     return recipe, path
 
 
+def engine_arg_value(value: Any) -> Any:
+    """An engine argument as vLLM's CLI and FlagScale's serve YAML both take it: a mapping becomes one JSON
+    text. (FlagScale 0.8.0's flatten_dict_to_args turns a nested mapping into bare `--image 18` flags
+    without its key, which vLLM refuses; a JSON string reaches `vllm serve` as one argument, since
+    FlagScale starts it with an argument list.)"""
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
 def engine_argv(recipe: Recipe, model_path: str, host: str, port: int) -> list[str]:
     """The serve arguments as an argument list (never a shell string)."""
     argv = ["--model", model_path, "--served-model-name", recipe.serve.served_model_name,
             "--host", host, "--port", str(port)]
-    for key, value in recipe.serve.engine_args.items():
+    for key, raw in recipe.serve.engine_args.items():
+        value = engine_arg_value(raw)
         flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)

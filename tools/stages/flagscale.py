@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tools.core.recipe import Recipe
+from tools.core.recipe import Recipe, engine_arg_value
 
 # engine_args keys the notes keep under engine_args_specific.vllm (vLLM-only settings); the rest stay
 # under engine_args, as in FlagScale's ernie45 and kimi_k2 examples
@@ -49,6 +49,11 @@ def example_name(recipe: Recipe) -> str:
     return recipe.serve.flagscale.example or recipe.name.replace("-", "_").replace(".", "_")
 
 
+def exp_name(recipe: Recipe) -> str:
+    """FlagScale's experiment name: its scripts and logs go to <exp_dir>/<exp_name>/serve_logs/."""
+    return f"{example_name(recipe)}_{recipe.serve.flagscale.size}"
+
+
 def _env_value(value: object) -> object:
     # FlagScale exports envs with `export K=V`; YAML booleans would print as True/False, vLLM reads 1/0
     if isinstance(value, bool):
@@ -62,7 +67,8 @@ def engine_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
                               "host": recipe.serve.host, "port": recipe.serve.port}
     specific: dict[str, Any] = {}
     for key, value in recipe.serve.engine_args.items():
-        (specific if key in VLLM_SPECIFIC else common)[key] = value
+        # a mapping (limit_mm_per_prompt) as JSON text, exactly as engine_argv passes it
+        (specific if key in VLLM_SPECIFIC else common)[key] = engine_arg_value(value)
     return common, specific
 
 
@@ -97,7 +103,7 @@ def serve_config(recipe: Recipe, site_packages: str) -> ServeConfig:
     top = {
         "defaults": ["_self_", {"serve": size}],
         "experiment": {
-            "exp_name": f"{example}_{size}",
+            "exp_name": exp_name(recipe),
             "exp_dir": f"${{oc.env:{ENV_EXP_DIR},/tmp/flagscale}}/${{experiment.exp_name}}",
             "task": {"type": "serve"},
             "runner": runner,
