@@ -57,3 +57,50 @@ def test_unknown_recipe_lists_available():
     with pytest.raises(UserError) as info:
         load_recipe("no-such-recipe")
     assert "tiny-cpu" in info.value.render()
+
+
+# ---- multimodal limits: what vLLM 0.32.0's CLI and FlagScale 0.8.0 both take ------------------------------
+
+def _vl(tmp_path: Path, limit: str, images: int = 1) -> str:
+    good = (Path(__file__).parent.parent / "recipes" / "tiny-vl-cpu.yaml").read_text()
+    text = good.replace("\nname: tiny-vl-cpu", "\nname: bad", 1).replace(
+        "limit_mm_per_prompt: {image: 2, video: 0}", f"limit_mm_per_prompt: {limit}").replace(
+        "images: 1", f"images: {images}")
+    return _write(tmp_path, text)
+
+
+def test_a_limit_mapping_reaches_vllm_as_one_json_argument():
+    recipe, _ = load_recipe("qwen2.5-vl-32b-instruct-nvidia")
+    argv = engine_argv(recipe, "/m", "127.0.0.1", 9010)
+    i = argv.index("--limit-mm-per-prompt")
+    assert argv[i + 1] == '{"image":18}'
+    assert recipe.serve.image_limit() == 18
+
+
+def test_flagscales_image_equals_form_is_refused_with_the_fix(tmp_path):
+    # `vllm serve --limit-mm-per-prompt image=18` exits: "Value image=18 cannot be converted to <json.loads>"
+    with pytest.raises(UserError) as info:
+        load_recipe(_vl(tmp_path, "image=18"))
+    text = info.value.render()
+    assert "parses --limit-mm-per-prompt as JSON" in text and "limit_mm_per_prompt: {image: 18}" in text
+
+
+def test_json_text_and_the_configurable_form_are_accepted(tmp_path):
+    recipe, _ = load_recipe(_vl(tmp_path, "'{\"image\": 3}'"))
+    assert recipe.serve.image_limit() == 3
+    recipe, _ = load_recipe(_vl(tmp_path, "{image: {count: 4, width: 64, height: 64}}"))
+    assert recipe.serve.image_limit() == 4
+    assert '{"image":{"count":4,"width":64,"height":64}}' in engine_argv(recipe, "/m", "127.0.0.1", 1)
+
+
+def test_a_mapping_for_an_option_that_takes_none_is_refused(tmp_path):
+    good = (Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml").read_text()
+    path = _write(tmp_path, good.replace("\nname: tiny-cpu", "\nname: bad", 1).replace(
+        "max_model_len: 256", "max_model_len: {a: 1}"))
+    with pytest.raises(UserError, match="max_model_len takes no mapping"):
+        load_recipe(path)
+
+
+def test_more_smoke_images_than_the_limit_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"tests.smoke.images is 3, more than .* allows \(2\)"):
+        load_recipe(_vl(tmp_path, "{image: 2}", images=3))

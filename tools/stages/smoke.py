@@ -109,7 +109,7 @@ def _pick_port(recipe: Recipe, requested: int | None) -> int:
     return port
 
 
-def _model_dir(recipe: Recipe, given: Path | None) -> Path:
+def _model_dir(recipe: Recipe, given: Path | None, image: str | None = None) -> Path:
     if given is not None:
         path = Path(given)
     elif recipe.model.host_path:
@@ -118,6 +118,11 @@ def _model_dir(recipe: Recipe, given: Path | None) -> Path:
         from tools.stages.tinymodel import make_tiny_model
 
         path = make_tiny_model()
+    elif recipe.model.source == "tiny-vl" and image is not None:
+        # made with the served image's own transformers (the host has none)
+        from tools.stages.tinyvl import make_tiny_vl_model
+
+        path = make_tiny_vl_model(image).path
     else:
         how = f"fetch them with: {recipe.model.download}, then " if recipe.model.download else ""
         raise UserError(f"recipe {recipe.name} names no local weights for {recipe.model.id}",
@@ -209,7 +214,7 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
     with phase(f"Smoke: prepare {recipe.name}"):
         ident, found_labels = image_facts(image_ref)
         stack_id = found_labels.get(labels.STACK_ID)
-        host_model = _model_dir(recipe, model_dir)
+        host_model = _model_dir(recipe, model_dir, image_ref)
         chosen = _pick_port(recipe, port)
         info(f"  image {image_ref} ({ident[:19]}), stack id {stack_id or '(none)'}")
         info(f"  model {host_model} -> {recipe.model.path} (read-only), port {HOST}:{chosen}")

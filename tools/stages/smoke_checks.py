@@ -1,8 +1,16 @@
-"""The smoke checks: what a user's OpenAI client sees from a ready engine, each check on its own."""
+"""The smoke checks: what a user's OpenAI client sees from a ready engine, each check on its own.
+
+Vision-language releases (tests.smoke.images > 0) also get a real PNG, made here with zlib and struct,
+sent as an image_url data URL; and, when the recipe declares limit_mm_per_prompt's image limit, one image
+more than that, which the engine must refuse with a 400 and go on serving.
+"""
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +28,29 @@ class Check:
     passed: bool
     detail: str
 
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    """An RGB PNG (8 bits a channel): a colour gradient that differs with `seed`."""
+    rows = b"".join(
+        b"\0" + bytes(v for x in range(width)
+                      for v in ((x * 255 // max(width - 1, 1) + 40 * seed) % 256,
+                                (y * 255 // max(height - 1, 1)) % 256, (97 * seed + 64) % 256))
+        for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit depth, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_content(text: str, count: int) -> list[dict[str, Any]]:
+    """A user turn's content: `count` distinct PNGs as data URLs, then the text (OpenAI's chat format)."""
+    parts: list[dict[str, Any]] = [
+        {"type": "image_url",
+         "image_url": {"url": "data:image/png;base64," + base64.b64encode(png(64, 48, seed=i)).decode()}}
+        for i in range(count)]
+    return [*parts, {"type": "text", "text": text}]
 
 
 def _check(checks: list[Check], name: str, fn: Any) -> Any:
@@ -44,6 +75,8 @@ def run_checks(recipe: Recipe, host: str, port: int, stack_id: str | None) -> tu
     served = recipe.serve.served_model_name
     messages = [{"role": "user", "content": recipe.tests.smoke.prompt}]
     max_tokens = recipe.tests.smoke.max_tokens
+    images, image_limit = recipe.tests.smoke.images, recipe.serve.image_limit()
+    text_prompt_tokens: list[int] = []
 
     def models() -> tuple[bool, str, None]:
         ids = [m.id for m in client.models.list().data]
@@ -58,7 +91,39 @@ def run_checks(recipe: Recipe, host: str, port: int, stack_id: str | None) -> tu
         prompt_t = usage.prompt_tokens if usage else 0
         completion_t = usage.completion_tokens if usage else 0
         ok = bool(content) and prompt_t > 0 and completion_t > 0
+        text_prompt_tokens.append(prompt_t)
         return ok, f"{content[:60]!r}; tokens prompt={prompt_t} completion={completion_t}", None
+
+    def image() -> tuple[bool, str, None]:
+        sent = time.perf_counter()
+        resp = client.chat.completions.create(
+            model=served, max_tokens=max_tokens, temperature=0,
+            messages=[{"role": "user", "content": image_content(recipe.tests.smoke.prompt, images)}])
+        latency = time.perf_counter() - sent
+        content = resp.choices[0].message.content or ""
+        prompt_t = resp.usage.prompt_tokens if resp.usage else 0
+        completion_t = resp.usage.completion_tokens if resp.usage else 0
+        # the images became tokens of the prompt: more than the same text alone
+        text_t = text_prompt_tokens[0] if text_prompt_tokens else 0
+        ok = bool(content) and completion_t > 0 and prompt_t > text_t > 0
+        return ok, (f"{images} PNG(s) 64x48: {content[:40]!r}; tokens prompt={prompt_t} (text alone {text_t}) "
+                    f"completion={completion_t}; {latency * 1000:.0f} ms"), None
+
+    def over_limit() -> tuple[bool, str, None]:
+        assert image_limit is not None
+        count = image_limit + 1
+        try:
+            client.chat.completions.create(
+                model=served, max_tokens=1, temperature=0,
+                messages=[{"role": "user", "content": image_content(recipe.tests.smoke.prompt, count)}])
+        except openai.BadRequestError as exc:
+            # refused, and still serving
+            alive = served in [m.id for m in client.models.list().data]
+            message = str(getattr(exc, "message", exc))[:120]
+            state = "still serving" if alive else "engine gone"
+            return exc.status_code == 400 and alive, (f"{count} images (limit {image_limit}): {exc.status_code} "
+                                                      f"{message!r}; {state}"), None
+        return False, f"{count} images (limit {image_limit}) were accepted: the engine does not apply its limit", None
 
     def stream() -> tuple[bool, str, float | None]:
         sent = time.perf_counter()
@@ -89,5 +154,11 @@ def run_checks(recipe: Recipe, host: str, port: int, stack_id: str | None) -> tu
     _check(checks, "models", models)
     _check(checks, "chat", chat)
     ttft = _check(checks, "stream", stream)
+    if images:
+        _check(checks, "image", image)
+        if image_limit is not None:
+            _check(checks, "over-limit", over_limit)
+        else:
+            info("  - over-limit: the recipe declares no limit_mm_per_prompt image limit, nothing to exceed")
     _check(checks, "stamp", stamp)
     return checks, round(ttft, 4) if ttft is not None else None
