@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tools.core.profiles import docker_run_flags
-from tools.core.recipe import available, load_recipe
+from tools.core.recipe import available, engine_arg_value, load_recipe
 from tools.stages import card
 from tools.stages.flagscale import VLLM_SPECIFIC
 from tools.stages.record import (
@@ -46,7 +46,7 @@ def sample_record(recipe_name: str, *, digest: str | None = DIGEST) -> ReleaseRe
         immutable_tag=immutable, digest=digest, tags=tags,
         versions=Versions(vllm="0.32.0", vllm_commit="0123456789abcdef", flaggems="5.0.2", torch="2.13.0+cpu",
                           python="3.11", base_image="flagrelease-base/debian:bookworm", install_mode="wheel-overlay",
-                          lock_sha256="f" * 64, lock_matches_image=True),
+                          lock_sha256="f" * 64, lock_matches_image=True, flagscale="0.8.0"),
         patch_stack=PatchStack(stack_id="abcdef012345", stack_hash="abcdef012345" + "0" * 52,
                                files=[PatchFile(path="vllm/0001-x.patch", sha256="e" * 64)], files_source="test"),
         tests={"smoke": ResultRecord(kind="smoke", passed=True, recorded_at="2026-11-22T10:00:00+00:00"),
@@ -152,7 +152,8 @@ def test_serve_yaml_has_flagscale_shape(name):
     # vLLM-only settings sit under engine_args_specific.vllm, as in FlagScale's ernie45/kimi_k2 examples
     specific = entry.get("engine_args_specific", {}).get("vllm", {})
     for key, value in recipe.serve.engine_args.items():
-        assert (specific if key in VLLM_SPECIFIC else args)[key] == value
+        # a mapping (limit_mm_per_prompt) is one JSON text: FlagScale would flatten a nested mapping
+        assert (specific if key in VLLM_SPECIFIC else args)[key] == engine_arg_value(value)
 
 
 def test_benchmarks_table_when_the_recipe_has_one():
@@ -201,3 +202,30 @@ def test_record_prints_as_one_line():
     record = sample_record("tiny-cpu")
     assert str(record) == (f"registry.example.com/flagrelease/flagrelease:{record.immutable_tag} @ {DIGEST} "
                            f"(flagrelease_cpu_tiny_llama)")
+
+
+@pytest.mark.parametrize("name", available())
+def test_faq_answers_with_this_releases_own_names(name):
+    recipe, _ = load_recipe(name)
+    text = card.render_card(recipe, sample_record(name))
+    section = text.split("# Frequently Asked Questions", 1)[1].split("\n# ", 1)[0]
+    questions = re.findall(r"^### Q\d+: (.+)$", section, re.M)
+    assert len(questions) == len(set(questions)), questions
+    # its port and no other, its container, its log command, its model folder
+    assert set(re.findall(r"port (\d+)", section)) == {str(recipe.serve.port)}
+    assert f"`{card.log_command(recipe)}`" in section and "flagos" in card.log_command(recipe)
+    assert f"mounted at `{recipe.model.path}` in the container `flagos`" in section
+    assert f"http://<server_ip>:{recipe.serve.port}/v1/models" in section
+    if recipe.serve.launcher == "flagscale":
+        fs_log = card.flagscale_log(recipe)
+        assert fs_log.startswith(f"/tmp/flagscale/{card.flagscale.exp_name(recipe)}/") and fs_log in section
+    if recipe.serve.image_limit() is not None:
+        assert f"Up to {recipe.serve.image_limit()} (`limit_mm_per_prompt`)" in section
+    assert ("A worker machine never joins" in section) == (recipe.serve.nnodes > 1)
+
+
+def test_flagscale_containers_start_with_an_init():
+    recipe, _ = load_recipe("qwen2.5-vl-32b-instruct-nvidia")
+    assert card.docker_run_command(recipe, "img").startswith("docker run --detach --init --name flagos")
+    tiny, _ = load_recipe("tiny-cpu")
+    assert "--init" not in card.docker_run_command(tiny, "img")

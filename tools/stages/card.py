@@ -61,7 +61,7 @@ def _device_loops(vendor: str) -> list[str]:
 
 
 def docker_run_command(recipe: Recipe, image_ref: str) -> str:
-    host_model = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source == "tiny" else None)
+    host_model = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source.startswith("tiny") else None)
     mounts = [f"{host_model}:{recipe.model.path}:ro"] if host_model else []
     mounts += list(recipe.run.mounts)
     flags = run_flags(recipe)
@@ -78,7 +78,9 @@ def docker_run_command(recipe: Recipe, image_ref: str) -> str:
     lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
     lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     if recipe.serve.launcher == "flagscale":
-        # FlagScale starts the engine inside a running container (`docker exec ... flagscale serve`)
+        # FlagScale starts the engine inside a running container (`docker exec ... flagscale serve`); its
+        # nohup'd engine and Ray processes end up children of PID 1, which `sleep` would never reap
+        head.insert(3, "--init")
         if recipe.serve.nnodes > 1 and not recipe.serve.hosts:
             lines.append(f"-v /etc/flagos/hostfile.txt:{SITE_HOSTFILE}:ro")
             lines.append(f"-e {flagscale.ENV_HOSTFILE}={SITE_HOSTFILE}")
@@ -124,6 +126,7 @@ def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, s
         ("vLLM", f"Version: {v.vllm} (commit {v.vllm_commit[:12]})"),
         ("FlagOS patch stack", f"{record.patch_stack.stack_id} ({_count(len(record.patch_stack.files), 'patch')})"),
         ("FlagGems", f"Version: {v.flaggems}"),
+        *([("FlagScale", f"Version: {v.flagscale}")] if v.flagscale else []),
         ("PyTorch", f"Version: {v.torch}"),
         ("Python", f"Version: {v.python}"),
         ("Image digest", f"`{record.digest}`" if record.digest else "(not pushed)"),
@@ -131,10 +134,61 @@ def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, s
     return rows
 
 
+def flagscale_log(recipe: Recipe) -> str:
+    """The engine's output under `flagscale serve` (FLAGOS_EXP_DIR's default, the head's first script)."""
+    return f"/tmp/flagscale/{flagscale.exp_name(recipe)}/serve_logs/host_0_localhost.output"
+
+
+def log_command(recipe: Recipe) -> str:
+    """Where the engine's log is read: the container's output, or FlagScale's log file on the head."""
+    if recipe.serve.launcher == "flagscale":
+        return f"docker exec {CONTAINER} tail -n 100 {flagscale_log(recipe)}"
+    return f"docker logs {CONTAINER}"
+
+
+def faq(recipe: Recipe) -> list[tuple[str, list[str]]]:
+    """The card's FAQ, answered with this release's own names (its port, its container, its log), then the
+    recipe's own questions."""
+    serve, port = recipe.serve, recipe.serve.port
+    multi = serve.nnodes > 1
+    where = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source.startswith("tiny") else None)
+    on_host = f"`{where}` on the host{' of every machine' if multi else ''}" if where else "the host folder"
+    running = (f'`docker exec {CONTAINER} pgrep -af "vllm serve"`' if serve.launcher == "flagscale"
+               else f"`docker ps --filter name={CONTAINER}`")
+    items: list[tuple[str, list[str]]] = [
+        ("What should I do if the model fails to load?", [
+            f"Check that the weights of `{recipe.model.id}` are in {on_host}, mounted at `{recipe.model.path}` "
+            f"in the container `{CONTAINER}`.",
+            f"Read the engine log{' on the head machine' if multi else ''}: `{log_command(recipe)}`.",
+        ]),
+        ("API call returns a timeout error. What should I do?", [
+            f"Verify the server IP address{' (the head machine)' if multi else ''} and that port {port} is open "
+            "in the firewall.",
+            f"Confirm that the engine is running: {running}, then `curl http://<server_ip>:{port}/v1/models` "
+            f"lists `{serve.served_model_name}`.",
+        ]),
+    ]
+    if multi:
+        items.append(("A worker machine never joins. What should I do?", [
+            f"The head's container must reach every worker over passwordless ssh on port "
+            f"${flagscale.ENV_SSH_PORT} (default 22), and each worker's container must be named "
+            f"`{CONTAINER}` (or as ${flagscale.ENV_CONTAINER} says).",
+            f"`docker exec {CONTAINER} ray status` on the head lists the machines that joined "
+            f"({serve.nnodes} are needed).",
+        ]))
+    limit = serve.image_limit()
+    if limit is not None:
+        items.append(("How many images can one request carry?", [
+            f"Up to {limit} (`limit_mm_per_prompt`); a request with more gets HTTP 400 from the engine, which "
+            "goes on serving. Send images as `image_url` parts of a user message (URLs or `data:` URLs).",
+        ]))
+    items += [(item.get("q", ""), [item.get("a", "")]) for item in recipe.card.faq]
+    return items
+
+
 def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
     fs = flagscale.serve_config(recipe, site_packages(record.versions.python))
     bench_header, bench_rows = _table(list(recipe.card.benchmarks))
-    faq = [(item.get("q", ""), item.get("a", "")) for item in recipe.card.faq]
     return {
         "title": recipe.card.title,
         "vendor": vendors.get(recipe.vendor).display_name,
@@ -161,7 +215,8 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "flagscale_example": fs.example,
         "flagscale_conf": fs.conf_path(site_packages(record.versions.python)),
         "flagscale_files": sorted((rel.split("/conf/", 1)[1], text.rstrip("\n")) for rel, text in fs.files.items()),
-        "flagscale_log": f"/tmp/flagscale/{fs.example}_{fs.size}/serve_logs/host_0_localhost.output",
+        "flagscale_log": flagscale_log(recipe),
+        "log_command": log_command(recipe),
         "site_hostfile": SITE_HOSTFILE,
         "env_hostfile": flagscale.ENV_HOSTFILE,
         "env_container": flagscale.ENV_CONTAINER,
@@ -169,7 +224,7 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "served_model_name": recipe.serve.served_model_name,
         "port": recipe.serve.port,
         "container": CONTAINER,
-        "faq": faq,
+        "faq": faq(recipe),
         "record": record,
         "smoke": record.tests.get("smoke"),
         "op_tests": record.tests.get("op-tests"),

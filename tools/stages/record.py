@@ -55,6 +55,8 @@ class Versions(Model):
     # False when the image was built from another versions.lock than the checkout's: torch/python/base
     # above then come from the checkout's lock and may not describe the image
     lock_matches_image: bool
+    # the FlagScale every image carries (versions.lock [flagscale]); None in records made before it did
+    flagscale: str | None = None
 
 
 class PatchFile(Model):
@@ -195,6 +197,7 @@ def versions_from(image_labels: dict[str, str], vendor: str) -> Versions:
         install_mode=image_labels.get(L.INSTALL_MODE, "unknown"),
         lock_sha256=label_lock or loaded.sha256,
         lock_matches_image=matches,
+        flagscale=lock.flagscale.version,
     )
 
 
