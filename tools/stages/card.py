@@ -223,6 +223,7 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "env_ssh_port": flagscale.ENV_SSH_PORT,
         "served_model_name": recipe.serve.served_model_name,
         "port": recipe.serve.port,
+        "image_limit": recipe.serve.image_limit(),
         "container": CONTAINER,
         "faq": faq(recipe),
         "record": record,
