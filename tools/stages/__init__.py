@@ -6,7 +6,8 @@
     render      BuildPlan                       -> Dockerfile text     (stages/render.py)
     context     BuildPlan + patched tree        -> BuildContext        (stages/context.py)
     build       BuildContext                    -> BuiltImage          (stages/build.py)
-    smoke       Recipe + image                  -> SmokeReport         (stages/smoke.py)
+    smoke       Recipe + image                  -> SmokeReport         (stages/smoke.py, smoke_checks.py;
+                                                                        tiny models: tinymodel.py, tinyvl.py)
     op_tests    Recipe + image                  -> op-test verdict     (stages/op_tests.py)
     results     reports                         -> StoredResult        (stages/results.py)
     publish     Recipe + validated image        -> ReleaseRecord       (stages/publish.py, tags, record, card)
