@@ -69,6 +69,18 @@ def check_patches(session: nox.Session) -> None:
     _tool(session, "check-patches")
 
 
+@nox.session(name="lock-deps")
+def lock_deps(session: nox.Session) -> None:
+    """Regenerate locks/<vendor>.txt with uv from versions.lock's pins: nox -s lock-deps -- [--vendor cpu]"""
+    _tool(session, "lock-deps")
+
+
+@nox.session(name="check-locks")
+def check_locks(session: nox.Session) -> None:
+    """Every Python lock agrees with versions.lock (engine, torch, FlagGems, FlagScale, Ray, hashes)."""
+    _tool(session, "check-locks")
+
+
 @nox.session
 def render(session: nox.Session) -> None:
     """Write and print the Dockerfile and the plan: nox -s render -- RECIPE"""

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-patches": ("tools.cli.patches", "write a workspace's commits back to patches/"),
     "check-patches": ("tools.cli.patches", "prove every vendor stack applies and round-trips"),
     "fetch-source": ("tools.cli.patches", "materialise the pristine upstream tree into the cache"),
+    "lock-deps": ("tools.cli.locks", "regenerate locks/<vendor>.txt: every Python package of an image (uv)"),
+    "check-locks": ("tools.cli.locks", "fail when a Python lock disagrees with versions.lock"),
     "render": ("tools.cli.build", "write and print the plan and the Dockerfile for a recipe"),
     "smoke": ("tools.cli.smoke", "serve a built image and check it through the OpenAI API"),
     "op-tests": ("tools.cli.optests", "operator tests (FlagGems; vLLM CPU kernels) vs torch and float64"),

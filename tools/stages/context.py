@@ -41,7 +41,7 @@ def _download(artifact: File) -> Path:
                              where=f"versions.lock ({artifact.filename})")
 
 
-def _wheel_folders(options: BuildOptions) -> list[Path]:
+def wheel_folders(options: BuildOptions) -> list[Path]:
     folders = list(options.wheelhouse)
     # pip's own find-links configuration is where machines keep wheels that no index has
     entries = os.environ.get("PIP_FIND_LINKS", "").split()
@@ -57,7 +57,7 @@ def _wheel_folders(options: BuildOptions) -> list[Path]:
 
 
 def _local_wheel(wheel: LocalWheel, options: BuildOptions) -> Path:
-    for folder in _wheel_folders(options):
+    for folder in wheel_folders(options):
         candidate = folder / wheel.filename
         if candidate.is_file():
             if sha256_file(candidate) != wheel.sha256:
@@ -66,7 +66,7 @@ def _local_wheel(wheel: LocalWheel, options: BuildOptions) -> Path:
             return candidate
     raise UserError(
         f"wheel {wheel.filename} not found in any wheel folder",
-        where=", ".join(map(str, _wheel_folders(options))) or "(no --wheelhouse given, PIP_FIND_LINKS unset)",
+        where=", ".join(map(str, wheel_folders(options))) or "(no --wheelhouse given, PIP_FIND_LINKS unset)",
         fix="pass --wheelhouse DIR holding that file (it is not on PyPI)",
     )
 

@@ -1,0 +1,54 @@
+"""`lock-deps` and `check-locks`: the per-vendor Python locks under locks/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tools.core import vendors
+from tools.core.errors import UserError
+from tools.core.lock import load_lock
+from tools.mech.console import info, phase, warn
+from tools.stages import pylock
+from tools.stages.context import wheel_folders
+from tools.stages.plan import BuildOptions
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vendor", action="append", choices=vendors.names(), default=[],
+                        help="only this vendor (repeatable; default: every vendor)")
+    if name == "lock-deps":
+        parser.add_argument("--wheelhouse", action="append", default=[],
+                            help="wheel folder for wheels no index has (default: pip's find-links)")
+
+
+def command(name: str, args: argparse.Namespace) -> int:
+    loaded = load_lock()
+    chosen = tuple(args.vendor) or tuple(vendors.names())
+    if name == "check-locks":
+        with phase("Check Python locks against versions.lock"):
+            for vendor, found in pylock.check(loaded, chosen).items():
+                if found is None:
+                    info(f"  {vendor:<7} no lock: its image resolves at build time (not lockable here; see check-locks --help)")
+                else:
+                    info(f"  {vendor:<7} {len(found.entries)} packages agree with versions.lock")
+        return 0
+    folders = wheel_folders(BuildOptions(wheelhouse=tuple(Path(w) for w in args.wheelhouse)))
+    failed: list[str] = []
+    for vendor in chosen:
+        with phase(f"Lock {vendor}'s Python packages (uv pip compile)"):
+            try:
+                text = pylock.compile_lock(loaded.lock, vendor, folders)
+            except UserError as err:
+                if args.vendor:
+                    raise
+                warn(f"  {vendor}: not locked: {err.what}")
+                failed.append(vendor)
+                continue
+            path = pylock.lock_path(vendor)
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            checked = pylock.check(loaded, (vendor,))[vendor]
+            assert checked is not None
+            info(f"  wrote {path} ({len(checked.entries)} packages, {path.stat().st_size} bytes)")
+    return 1 if failed and len(failed) == len(chosen) else 0
