@@ -48,9 +48,22 @@ def test_invariants(vendor):
     assert "ARG " not in text  # no build args: secrets travel as BuildKit secrets only
     assert "COPY wheelhouse" not in text  # the wheelhouse is bind-mounted, never a layer
     lines = text.splitlines()
-    order = [next(i for i, line in enumerate(lines) if marker in line)
-             for marker in ("--- torch stack", "--- FlagGems", "--- engine", "--- prove the patched")]
+    locked = "--- locked:" in text
+    markers = (("--- locked:", "--- patched files", "--- prove the patched") if locked else
+               ("--- torch stack", "--- FlagGems", "--- engine", "--- prove the patched"))
+    order = [next(i for i, line in enumerate(lines) if marker in line) for marker in markers]
     assert order == sorted(order), "layer order must serve the cache"
+
+
+def test_cpu_installs_only_from_its_lock():
+    text = _render("cpu")
+    install = next(line for line in text.splitlines() if "/locked/uv pip install" in line)
+    assert "--require-hashes --no-deps" in install  # nothing is resolved at build time
+    assert "--compile-bytecode" in text
+    assert "pip install" not in text.replace("uv pip install", "")  # FlagGems/FlagScale/engine fold into it
+    assert "pip uninstall" not in text  # torchvision & co. are excluded from the lock instead
+    assert "COPY locked" not in text and "source=locked,target=/locked" in text  # uv never lands in a layer
+    assert "venv --without-pip" in text  # the installed set is exactly the lock
 
 
 def test_base_image_override_is_used():

@@ -49,8 +49,38 @@ def context_for(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, options:
                            stamp_text=stamp)
 
 
+def _passed_before(image: BuiltImage) -> dict[str, str]:
+    """For an image reused by content key (which covers the recipe's bytes, so its checks are the same):
+    the stored results, when both checks passed; else {} and the checks run."""
+    if not image.skipped:
+        return {}
+    stored = {kind: results.load(image.image_id, kind) for kind in ("smoke", "op-tests")}
+    if all(r is not None and r.passed for r in stored.values()):
+        return {kind: f"passed (stored {r.recorded_at}; --revalidate reruns)" for kind, r in stored.items() if r}
+    return {}
+
+
+def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> None:
+    """What is in the image, read from it; a locked image must hold exactly its lock."""
+    from tools.stages import facts, pylock
+    from tools.stages.render import is_locked
+
+    locked = pylock.load(ctx.plan.vendor) if is_locked(ctx.plan) else None
+    engine_wheel = loaded.lock.vendors[ctx.plan.vendor].engine_wheel
+    found = facts.collect(image.ref, image.image_id, locked, multinode=ctx.plan.nnodes > 1,
+                          engine_name=engine_wheel.name if engine_wheel else "vllm")
+    lock_state = {True: "equal to the lock", None: "no lock"}.get(found.lock_matches, "?")
+    info(f"  {len(found.distributions)} Python distributions ({lock_state}); Python {found.python}, "
+         f"torch {found.torch}, engine {found.engine}; {found.os}")
+    if found.audit:
+        a = found.audit
+        info(f"  pip-audit: {a['vulnerabilities']} known vulnerabilities in {a['audited']} audited packages; "
+             f"{a['not_audited']} could not be looked up")
+
+
 def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smoke: str | None,
-                skip_op_tests: str | None, push: bool, local_registry: bool, revision: str) -> ReleaseReport:
+                skip_op_tests: str | None, push: bool, local_registry: bool, revision: str,
+                revalidate: bool = False) -> ReleaseReport:
     with phase("Plan"):
         plan, loaded, recipe, recipe_file = plan_for(recipe_arg, vendor, options)
         print(plan.describe())
@@ -74,8 +104,14 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     with phase(f"Image build ({ctx.plan.install_mode})"):
         image = build_image(ctx, options, revision=revision)
     report.image = image
+    with phase("Facts from the image (packages vs lock, SBOM, pip-audit)"):
+        _facts(ctx, image, loaded)
 
-    if skip_smoke:
+    passed_before = {} if revalidate else _passed_before(image)
+    if passed_before:
+        info("  nothing changed: this image already passed smoke and op tests; skipping them")
+        report.checks.update(passed_before)
+    elif skip_smoke:
         _record_skip(image.image_id, "smoke", skip_smoke)
         report.checks["smoke"] = f"skipped: {skip_smoke}"
     else:
@@ -84,7 +120,9 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         smoke_report = smoke(recipe, image.key_ref)
         report.checks["smoke"] = "passed" if smoke_report.passed else "FAILED"
         report.ok &= smoke_report.passed
-    if skip_op_tests:
+    if passed_before:
+        pass
+    elif skip_op_tests:
         _record_skip(image.image_id, "op-tests", skip_op_tests)
         report.checks["op-tests"] = f"skipped: {skip_op_tests}"
     else:

@@ -32,6 +32,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="rebuild every layer, ignore the content key")
     parser.add_argument("--skip-smoke", metavar="REASON", help="do not smoke-serve the image (recorded)")
     parser.add_argument("--skip-op-tests", metavar="REASON", help="do not run operator tests (recorded)")
+    parser.add_argument("--revalidate", action="store_true",
+                        help="run smoke and op tests even when this image already passed them")
     parser.add_argument("--push", action="store_true", help="publish after validation passed")
     parser.add_argument("--local-registry", action="store_true",
                         help="with --push: start (once) and use an authenticated registry on 127.0.0.1:5000")
@@ -88,7 +90,7 @@ def command(name: str, args: argparse.Namespace) -> int:
 
     report = run_release(args.recipe, vendor, options, skip_smoke=args.skip_smoke,
                          skip_op_tests=args.skip_op_tests, push=args.push, local_registry=args.local_registry,
-                         revision=_revision())
+                         revision=_revision(), revalidate=args.revalidate)
     with phase("Summary"):
         print(report.summary())
     return 0 if report.ok else 1

@@ -29,7 +29,7 @@ def command(name: str, args: argparse.Namespace) -> int:
         with phase("Check Python locks against versions.lock"):
             for vendor, found in pylock.check(loaded, chosen).items():
                 if found is None:
-                    info(f"  {vendor:<7} no lock: its image resolves at build time (not lockable here; see check-locks --help)")
+                    info(f"  {vendor:<7} no lock: its image resolves at build time")
                 else:
                     info(f"  {vendor:<7} {len(found.entries)} packages agree with versions.lock")
         return 0

@@ -157,6 +157,9 @@ class Tests(Strict):
 class Release(Strict):
     image_name: Name
     tags: tuple[TagName, ...] = ()
+    # publish refuses when pip-audit found more known vulnerabilities in the image's lock, or could not
+    # look every package up (then the count proves nothing); None: show the count, refuse nothing
+    max_vulnerabilities: int | None = Field(default=None, ge=0)
 
 
 class Card(Strict):

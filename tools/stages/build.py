@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -72,6 +73,18 @@ def _pip_config(options: BuildOptions) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def _uv_env(options: BuildOptions) -> str | None:
+    """The index options for uv, as a shell file the locked install step sources (a build secret)."""
+    if not options.index_url and not options.extra_index_urls:
+        return None
+    lines = []
+    if options.index_url:
+        lines.append(f"export UV_DEFAULT_INDEX={shlex.quote(options.index_url)}")
+    if options.extra_index_urls:
+        lines.append(f"export UV_INDEX={shlex.quote(' '.join(options.extra_index_urls))}")
+    return "\n".join(lines) + "\n"
+
+
 def failing_step(lines: list[str]) -> str | None:
     """The BuildKit step that failed, from --progress=plain output ("#12 [5/9] RUN ...")."""
     headers: dict[str, str] = {}
@@ -123,6 +136,12 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
             conf_path.touch(mode=0o600)
             conf_path.write_text(pip_conf)
             cmd += ["--secret", f"id=pipconf,src={conf_path}"]
+        uv_env = _uv_env(options)
+        if uv_env:
+            env_path = Path(secrets_dir) / "uv.env"
+            env_path.touch(mode=0o600)
+            env_path.write_text(uv_env)
+            cmd += ["--secret", f"id=uvenv,src={env_path}"]
         # proxy variables are predefined build args: BuildKit keeps them out of the image history
         proxies = {var: os.environ[var] for var in PROXY_VARS if os.environ.get(var)} | options.proxies
         for var, value in proxies.items():

@@ -23,8 +23,9 @@ from tools.core.errors import UserError
 from tools.core.lock import File, LoadedLock, LocalWheel
 from tools.mech.console import warn
 from tools.mech.download import download_verified, sha256_file
+from tools.stages import pylock
 from tools.stages.plan import BuildOptions, BuildPlan
-from tools.stages.render import render_dockerfile
+from tools.stages.render import is_locked, render_dockerfile
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,24 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
         entry.write_text("\n".join(lines) + "\n")
         entry.chmod(0o755)
 
+    if is_locked(plan):
+        _locked_folder(plan, directory / "locked")
     dockerfile = directory / "Dockerfile"
     text = render_dockerfile(plan, loaded)
     dockerfile.write_text(text)
     (directory / ".dockerignore").write_text("Dockerfile\n")
     key = content_key(directory, plan, recipe_file, options)
     return BuildContext(plan=plan, directory=directory, dockerfile=dockerfile, content_key=key)
+
+
+def _locked_folder(plan: BuildPlan, dest: Path) -> None:
+    """locked/: this image's part of locks/<vendor>.txt and the uv binary, bind-mounted by the install step
+    (both are context bytes, so the content key covers the lock and the uv that installs it)."""
+    found = pylock.load(plan.vendor)
+    assert found is not None
+    dest.mkdir()
+    (dest / "requirements.txt").write_text(found.requirements(multinode=plan.nnodes > 1), encoding="utf-8")
+    _link(pylock.uv_binary(), dest / "uv")
 
 
 def content_key(directory: Path, plan: BuildPlan, recipe_file: Path, options: BuildOptions) -> str:

@@ -16,6 +16,7 @@ Order of events (each step refuses with one message rather than leaving a half-d
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ from tools.mech.registry import (
 from tools.stages import results
 from tools.stages.card import render_card
 from tools.stages.record import (
+    ImageContents,
     ReleaseRecord,
     TagAction,
     TagRecord,
     Times,
     Waiver,
+    contents_from,
     host_facts,
     patch_stack_from,
     result_records,
@@ -237,6 +240,35 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def check_audit(recipe: Recipe, image_id: str) -> ImageContents | None:
+    """Show the image's contents and vulnerability count; refuse on the recipe's policy."""
+    contents = contents_from(image_id)
+    limit = recipe.release.max_vulnerabilities
+    if contents is None or not contents.audit:
+        if limit is not None:
+            raise UserError("no pip-audit report for this image, and the recipe sets a vulnerability limit",
+                            where="recipe release.max_vulnerabilities", fix="rebuild it with a build session")
+        info("  audit    none (the image was not installed from a lock)")
+        return contents
+    a = contents.audit
+    info(f"  audit    {a['vulnerabilities']} known vulnerabilities; {a['audited']} of {a['packages']} packages "
+         f"audited ({a['not_audited']} not found by the advisory service)")
+    if limit is not None and (a["vulnerabilities"] > limit or a["not_audited"]):
+        raise UserError(f"vulnerability policy: {a['vulnerabilities']} found (limit {limit}), "
+                        f"{a['not_audited']} packages not audited", where="recipe release.max_vulnerabilities",
+                        fix="update the affected pins (nox -s lock-deps), or raise the limit on purpose")
+    return contents
+
+
+def _copy_reports(image_id: str, dest: Path) -> None:
+    from tools.stages import facts
+
+    found = facts.load(image_id)
+    for name in (found.sbom, (found.audit or {}).get("report")) if found else ():
+        if name and Path(str(name)).is_file():
+            shutil.copy2(str(name), dest / Path(str(name)).name)
+
+
 def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = None) -> ReleaseRecord:
     """Push a validated image under its immutable tag and the recipe's moving tags; record and card it.
 
@@ -276,6 +308,7 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
                     total_s=round(time.monotonic() - t0, 3)),
         dry_run=True,
     )
+    draft = draft.model_copy(update={"contents": check_audit(recipe, image.image_id)})
     render_card(recipe, draft)
     if options.dry_run:
         info("  dry run: nothing pushed, nothing written")
@@ -301,6 +334,7 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
                        verify_s=round(verify_s, 3), total_s=round(time.monotonic() - t0, 3)),
     })
     record_path, card_path = write_release(record, render_card(recipe, record))
+    _copy_reports(image.image_id, record_path.parent)
     # plain lines: a path wrapped at the terminal width cannot be copied
     stderr_line(f"  record {record_path}")
     stderr_line(f"  card   {card_path}")

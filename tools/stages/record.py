@@ -107,6 +107,30 @@ class Times(Model):
     total_s: float
 
 
+class ImageContents(Model):
+    """Read from the image after its build (tools/stages/facts.py), not from the lock."""
+
+    python: str
+    os: str
+    torch: str | None
+    engine: str | None
+    distributions: dict[str, str]
+    lock_matches: bool | None  # None: not installed from a lock
+    sbom: str | None  # file name of the CycloneDX JSON beside record.json
+    audit: dict[str, Any] = {}
+
+
+def contents_from(image_id: str) -> ImageContents | None:
+    from tools.stages import facts
+
+    found = facts.load(image_id)
+    if found is None:
+        return None
+    return ImageContents(python=found.python, os=found.os, torch=found.torch, engine=found.engine,
+                         distributions=found.distributions, lock_matches=found.lock_matches,
+                         sbom=Path(found.sbom).name if found.sbom else None, audit=found.audit)
+
+
 class ReleaseRecord(Model):
     schema_version: Literal[1] = 1
     recipe: str
@@ -128,6 +152,7 @@ class ReleaseRecord(Model):
     host: HostFacts
     times: Times
     dry_run: bool = False
+    contents: ImageContents | None = None
 
     @property
     def immutable_ref(self) -> str:

@@ -9,7 +9,13 @@ import jinja2
 from tools import PROJECT_ROOT
 from tools.core import vendors
 from tools.core.lock import LoadedLock
+from tools.stages import pylock
 from tools.stages.plan import BuildPlan, site_packages
+
+
+def is_locked(plan: BuildPlan) -> bool:
+    """Installs from locks/<vendor>.txt: the vendor has a lock and the engine is the upstream wheel."""
+    return plan.install_mode == "wheel-overlay" and pylock.lock_path(plan.vendor).is_file()
 
 TEMPLATES = PROJECT_ROOT / "dockerfiles"
 
@@ -19,6 +25,19 @@ PIP_MOUNTS = (
     "--mount=type=secret,id=pipconf "
     "--mount=type=cache,target=/root/.cache/pip,sharing=locked "
     "--mount=type=bind,source=wheelhouse,target=/wheelhouse"
+)
+# uv (locked installs): the same CA secret, the index options as a secret env file, uv's cache, and the
+# context's locked/ folder (the uv binary + this image's hash-checked requirements), none of them in a layer.
+UV_MOUNTS = (
+    "--mount=type=secret,id=cacert "
+    "--mount=type=secret,id=uvenv "
+    "--mount=type=cache,target=/root/.cache/uv,sharing=locked "
+    "--mount=type=bind,source=wheelhouse,target=/wheelhouse "
+    "--mount=type=bind,source=locked,target=/locked"
+)
+UV_ENV = (
+    "if [ -s /run/secrets/cacert ]; then export SSL_CERT_FILE=/run/secrets/cacert; fi;"
+    " if [ -s /run/secrets/uvenv ]; then . /run/secrets/uvenv; fi; export UV_LINK_MODE=copy;"
 )
 # A corporate CA bundle and a pip config (index, extra index, mirror) arrive as build secrets.
 PIP_ENV = (
@@ -68,6 +87,9 @@ def render_dockerfile(plan: BuildPlan, loaded: LoadedLock) -> str:
         "ray": [f"ray=={lock.ray.version}", *lock.ray.runtime_deps] if plan.nnodes > 1 else [],
         "pip_mounts": PIP_MOUNTS,
         "pip_env": PIP_ENV,
+        "locked": is_locked(plan),
+        "uv_mounts": UV_MOUNTS,
+        "uv_env": UV_ENV,
     }
     text = _environment().get_template(f"vendors/{plan.vendor}.j2").render(**context)
     # blank runs left by empty blocks
