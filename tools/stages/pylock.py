@@ -99,7 +99,7 @@ def load(vendor: str) -> PyLock | None:
     path = lock_path(vendor)
     if not path.is_file():
         return None
-    return parse(path.read_text(encoding="utf-8"), vendor, str(path.relative_to(PROJECT_ROOT)))
+    return parse(path.read_text(encoding="utf-8"), vendor, f"locks/{vendor}.txt")
 
 
 def _pin(req: str) -> tuple[str, str]:
