@@ -23,6 +23,8 @@ def context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
         "overlay/vllm/envs.py": "USE_FLAGGEMS = True\n",
         "overlay/vllm/_flagos_stack.py": "STACK_ID = 'abc'\n",
         "source/setup.py": "print('x')\n",
+        "locked/requirements.txt": "numpy==2.3.5 --hash=sha256:" + "a" * 64 + "\n",
+        "locked/uv": "uv binary\n",
     }
     for rel, text in files.items():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,8 @@ CHANGES: dict[str, Callable[[Path], None]] = {
     "overlay file": _append("overlay/vllm/envs.py"),
     "stamp": _append("overlay/vllm/_flagos_stack.py"),
     "source tree": _append("source/setup.py"),
+    "lock (image's requirements)": _append("locked/requirements.txt"),
+    "uv binary": _append("locked/uv"),
     "wheel bytes, same size": lambda ctx: _flip_last_byte(ctx / "wheelhouse" / "big-1.0-py3-none-any.whl"),
     "new file": lambda ctx: (ctx / "overlay" / "vllm" / "new.py").write_text(""),
     "removed file": lambda ctx: (ctx / "source" / "setup.py").unlink(),
