@@ -31,12 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools import PROJECT_ROOT, patches
+from tools import PROJECT_ROOT  # noqa: E402
 from tools.core.lock import DebootstrapBase  # noqa: E402
 from tools.mech import host as engine
 from tools.mech.docker import image_exists, image_id  # noqa: E402
 from tools.pipeline import context_for  # noqa: E402
-from tools.stages import pylock  # noqa: E402
+from tools.stages import (
+    patches,  # noqa: E402
+    pylock,  # noqa: E402
+)
 from tools.stages.build import build_image  # noqa: E402
 from tools.stages.plan import (
     BuildOptions,  # noqa: E402
