@@ -165,9 +165,9 @@ def main() -> int:
     rows.append(("main job, first (validates: smoke + op tests)", first))
     noop = timed_main_job()
     rows.append(("main job, no-op (nox included)", noop))
-    ready_pyc = start_to_ready(uv_image.ref)
+    ready_pyc = start_to_ready(uv_image.image_id)
     rows.append(("start to ready, byte-compiled image", ready_pyc))
-    nopyc = without_bytecode(uv_image.ref)
+    nopyc = without_bytecode(uv_image.image_id)
     ready_nopyc = start_to_ready(nopyc)
     rows.append(("start to ready, same image without .pyc", ready_nopyc))
     built = {pip_image.image_id, uv_image.image_id, image_id(nopyc)}

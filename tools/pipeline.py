@@ -67,7 +67,7 @@ def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> None:
 
     locked = pylock.load(ctx.plan.vendor) if is_locked(ctx.plan) else None
     engine_wheel = loaded.lock.vendors[ctx.plan.vendor].engine_wheel
-    found = facts.collect(image.ref, image.image_id, locked, multinode=ctx.plan.nnodes > 1,
+    found = facts.collect(image.key_ref, image.image_id, locked, multinode=ctx.plan.nnodes > 1,
                           engine_name=engine_wheel.name if engine_wheel else "vllm")
     lock_state = {True: "equal to the lock", None: "no lock"}.get(found.lock_matches, "?")
     info(f"  {len(found.distributions)} Python distributions ({lock_state}); Python {found.python}, "
