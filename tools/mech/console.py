@@ -1,9 +1,16 @@
-"""Phase headers, live progress and full logs in files whose path is printed."""
+"""Phase headers, live progress and full logs in files whose path is printed.
+
+Plain lines (info, warn, phase headers, errors) are written directly, with ANSI colours on a terminal:
+importing rich costs about 75 ms, which the quick commands (patch, unpatch) cannot afford. rich is
+imported on first use of `console` (markup, live status lines, tables).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,13 +19,45 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from tools.core import paths
 from tools.core.errors import UserError
 
-console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# rich markup starts a tag with a lower-case letter, '#', '@' or '/' ("[bold]", "[/]"); "[PATCH 2/7]" is text
+_MARKUP = re.compile(r"\[(?:/|[a-z#@])[^\[\]]*\]")
+_COLOURS = {"bold": "1", "red": "31", "green": "32", "yellow": "33", "dim": "2"}
+
+
+def _rich() -> Console:
+    made = globals().get("console")
+    if made is None:
+        from rich.console import Console
+
+        made = Console(stderr=True, highlight=False)
+        globals()["console"] = made
+    return made
+
+
+def __getattr__(name: str) -> object:
+    """`console` (a rich Console on stderr) is made on first use."""
+    if name == "console":
+        return _rich()
+    raise AttributeError(name)
+
+
+def _tty() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _plain(text: str, colour: str | None = None) -> None:
+    if colour and _tty():
+        text = f"\033[{_COLOURS[colour]}m{text}\033[0m"
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 # Anything that looks like a credential in a command line or log line is masked before it is shown.
 _SECRET_PATTERNS = [
@@ -34,25 +73,35 @@ def redact(text: str) -> str:
     return text
 
 
-def info(message: str) -> None:
-    console.print(message)
+def info(message: str, *, markup: bool = True) -> None:
+    """One line; rich markup ("[green]ok[/]") is rendered when present and `markup` is on."""
+    if markup and _MARKUP.search(message):
+        _rich().print(message)
+    else:
+        _plain(message)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    if _tty():
+        sys.stderr.write(f"\033[33mwarning:\033[0m {message}\n")
+    else:
+        sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
 
 
 @contextlib.contextmanager
 def phase(title: str) -> Iterator[None]:
     """A header before a stage and its duration after it."""
-    console.rule(f"[bold]{title}")
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120) if _tty() else 80
+    side = max(2, (width - len(title) - 2) // 2)
+    _plain(f"{'─' * side} {title} {'─' * max(2, width - side - len(title) - 2)}", "bold")
     start = time.monotonic()
     try:
         yield
     except BaseException:
-        console.print(f"[red]✗ {title} failed after {time.monotonic() - start:.1f}s")
+        _plain(f"✗ {title} failed after {time.monotonic() - start:.1f}s", "red")
         raise
-    console.print(f"[green]✓ {title}[/] ({time.monotonic() - start:.1f}s)")
+    _plain(f"✓ {title} ({time.monotonic() - start:.1f}s)", "green")
 
 
 def new_log(name: str) -> Path:
@@ -78,7 +127,7 @@ def run_logged(
 ) -> RunResult:
     """Run a long command: every line to `log`, the latest line live on the terminal."""
     tail: deque[str] = deque(maxlen=tail_lines)
-    console.print(f"  log: {log}")
+    _plain(f"  log: {log}")
     with log.open("a", encoding="utf-8") as out:
         out.write(f"$ {redact(' '.join(cmd))}\n")
         out.flush()
@@ -91,7 +140,7 @@ def run_logged(
             raise UserError(f"{cmd[0]} is not installed", fix=f"install {cmd[0]} and retry") from exc
         assert proc.stdout is not None
         start = time.monotonic()
-        with console.status(title) as status:
+        with _rich().status(title) as status:
             try:
                 for raw in proc.stdout:
                     line = redact(raw.rstrip("\n"))
@@ -109,12 +158,12 @@ def run_logged(
 
 def print_tail(result: RunResult, count: int = 25) -> None:
     for line in result.tail[-count:]:
-        console.print(f"  [dim]|[/] {line}", markup=False, highlight=False)
-    console.print(f"  full log: {result.log}")
+        _plain(f"  | {line}")
+    _plain(f"  full log: {result.log}")
 
 
 def fail_exit(err: UserError) -> int:
-    console.print(err.render(), style="red", markup=False, highlight=False, soft_wrap=True)
+    _plain(err.render(), "red")
     return 2
 
 
