@@ -63,6 +63,12 @@ def export_patches(session: nox.Session) -> None:
     _tool(session, "export-patches")
 
 
+@nox.session(name="import-patches")
+def import_patches(session: nox.Session) -> None:
+    """Take a vendor's series as it comes: nox -s import-patches -- --vendor cpu DIR [--author 'Name <mail>']"""
+    _tool(session, "import-patches")
+
+
 @nox.session(name="check-patches")
 def check_patches(session: nox.Session) -> None:
     """Every vendor stack applies on pristine and round-trips byte-identically."""

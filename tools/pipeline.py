@@ -41,12 +41,13 @@ def _record_skip(image_id: str, kind: results.Kind, reason: str) -> None:
 
 
 def context_for(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, options: BuildOptions) -> BuildContext:
-    """Pristine tree + the vendor's patched tree + its stamp -> the build context."""
+    """Pristine tree + the vendor's patched tree + its stamp -> the build context. A stack with encrypted
+    patches is patched in a private tree that is deleted once its files are in the context."""
     pristine = source.fetch_source(loaded.lock)
-    patched = patches.patched_tree(plan.vendor, lock=loaded.lock)
     stamp = patches.stamp_module_text(patches.stack_info(plan.vendor))
-    return prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
-                           stamp_text=stamp)
+    with patches.patched_source(plan.vendor, lock=loaded.lock) as patched:
+        return prepare_context(plan, loaded, recipe_file, options, pristine=pristine.path, patched=patched,
+                               stamp_text=stamp)
 
 
 def _passed_before(image: BuiltImage) -> dict[str, str]:

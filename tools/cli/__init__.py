@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patch": ("tools.cli.patches", "apply the vendor patch stack onto the pristine upstream workspace"),
     "unpatch": ("tools.cli.patches", "return a vendor workspace to pristine, never losing an edit"),
     "export-patches": ("tools.cli.patches", "write a workspace's commits back to patches/"),
+    "import-patches": ("tools.cli.patches", "take a vendor's patch series as it comes, into patches/ (canonical)"),
     "check-patches": ("tools.cli.patches", "prove every vendor stack applies and round-trips"),
     "fetch-source": ("tools.cli.patches", "materialise the pristine upstream tree into the cache"),
     "lock-deps": ("tools.cli.locks", "regenerate locks/<vendor>.txt: every Python package of an image (uv)"),

@@ -8,11 +8,11 @@ the user's ~/.gitconfig says (diff.noprefix, format.signature, core.autocrlf, ..
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 # Pinned for every invocation: options that change bytes on disk or in patches.
@@ -166,6 +166,26 @@ def git(
     return proc
 
 
+def git_bytes(
+    args: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """`git` with bytes in and out: patches hold CRLF and binary data that text mode would translate."""
+    cmd = command(args)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=base_env(env), capture_output=True, input=input, check=False)
+    except FileNotFoundError as exc:
+        raise GitError(args, 127, "", "git is not installed") from exc
+    if check and proc.returncode != 0:
+        raise GitError(args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                       proc.stderr.decode("utf-8", "replace"))
+    return proc
+
+
 @dataclass(frozen=True)
 class StatusEntry:
     code: str  # two-letter porcelain v1 code: " M", "A ", "??", "R ", ...
@@ -198,6 +218,14 @@ class Repo:
     def out(self, *args: str, env: Mapping[str, str] | None = None) -> str:
         return self.run(*args, env=env).stdout.strip()
 
+    def run_bytes(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        prefix = [f"--git-dir={self.git_dir}"]
+        if self.work_tree is not None:
+            prefix.append(f"--work-tree={self.work_tree}")
+        return git_bytes(prefix + list(args), cwd=self.work_tree or self.git_dir, env=env, check=check,
+                         input=input)
+
     # --- objects and refs ---------------------------------------------------------------------------
 
     def rev_parse(self, rev: str) -> str | None:
@@ -206,12 +234,32 @@ class Repo:
             return None
         return proc.stdout.strip() or None
 
+    def ref(self, name: str) -> str | None:
+        """A full ref name's commit, read from the ref files (no process); rev-parse when it is packed or
+        symbolic beyond HEAD."""
+        if name == "HEAD":
+            try:
+                text = (self.git_dir / "HEAD").read_text().strip()
+            except OSError:
+                return self.rev_parse("HEAD")
+            if not text.startswith("ref: "):
+                return text if re.fullmatch(r"[0-9a-f]{40}", text) else self.rev_parse("HEAD")
+            name = text[5:]
+        try:
+            text = (self.git_dir / name).read_text().strip()
+        except OSError:
+            return self.rev_parse(name)
+        return text if re.fullmatch(r"[0-9a-f]{40}", text) else self.rev_parse(name)
+
     def head(self) -> str | None:
-        return self.rev_parse("HEAD")
+        return self.ref("HEAD")
 
     def current_branch(self) -> str | None:
-        proc = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False)
-        return proc.stdout.strip() or None
+        try:
+            text = (self.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        return text[len("ref: refs/heads/"):] if text.startswith("ref: refs/heads/") else None
 
     def update_ref(self, ref: str, sha: str, message: str = "flagrelease") -> None:
         self.run("update-ref", "-m", message, ref, sha)
@@ -264,43 +312,6 @@ class Repo:
             index_file.unlink(missing_ok=True)
         return self.commit_tree(tree, parents, message, author)
 
-    def import_files(self, root: Path, *, ref: str, message: str, author: Identity) -> str:
-        """One commit of every file under `root` (ignore rules do not apply), written by fast-import
-        straight into a pack: no loose objects, no index, no second compression pass. `author.date` must
-        be ISO 8601. The commit is exactly what `git add -A -f` + commit-tree would give."""
-        if not author.date:
-            raise ValueError("import_files needs a fixed author date")
-        when = datetime.fromisoformat(author.date)
-        offset = int(when.utcoffset().total_seconds()) // 60 if when.utcoffset() else 0
-        sign = "-" if offset < 0 else "+"
-        stamp = f"{int(when.timestamp())} {sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
-        person = f"{author.name} <{author.email}> {stamp}".encode()
-        cmd = command([f"--git-dir={self.git_dir}", "fast-import", "--quiet", "--done"])
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=base_env())
-        assert proc.stdin is not None
-        entries: list[bytes] = []
-        try:
-            for mark, (mode, rel, data) in enumerate(_walk_files(root), 1):
-                proc.stdin.write(b"blob\nmark :%d\ndata %d\n" % (mark, len(data)))
-                proc.stdin.write(data)
-                proc.stdin.write(b"\n")
-                entries.append(b"M %s :%d %s\n" % (mode, mark, _fast_import_path(rel)))
-            body = message.encode()
-            proc.stdin.write(b"commit %s\nauthor %s\ncommitter %s\ndata %d\n%s\n" % (
-                ref.encode(), person, person, len(body), body))
-            proc.stdin.writelines(entries)
-            proc.stdin.write(b"\ndone\n")
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
-            raise GitError(cmd[-4:], proc.returncode, "", stderr)
-        sha = self.rev_parse(ref)
-        assert sha is not None
-        return sha
-
     def tree_of(self, rev: str) -> str:
         return self.out("rev-parse", f"{rev}^{{tree}}")
 
@@ -340,14 +351,20 @@ class Repo:
 
     # --- patches ------------------------------------------------------------------------------------
 
-    def am(self, patches: Sequence[Path], *, committer: Identity | None = None,
+    def am(self, mbox: bytes | Sequence[Path], *, committer: Identity | None = None,
            three_way: bool = True) -> subprocess.CompletedProcess[str]:
-        """Apply mails as commits. CRs are kept (CRLF files), the committer date is the author date so
-        that the same patches on the same base give the same commit ids. Returns the process; check it."""
+        """Apply a stream of mails (an mbox, on stdin: nothing is written beside the repository) as
+        commits. CRs are kept (CRLF files), the committer date is the author date so that the same patches
+        on the same base give the same commit ids. Returns the process, stdout and stderr as text (git
+        says why it stopped on either); check it."""
         args = ["am", "--quiet", "--keep-cr", "--committer-date-is-author-date", "--no-gpg-sign"]
         args.append("--3way" if three_way else "--no-3way")
         env = identity_env(committer) if committer else None
-        return self.run(*args, *(str(p) for p in patches), env=env, check=False)
+        files = [] if isinstance(mbox, bytes) else [str(p) for p in mbox]
+        data = mbox if isinstance(mbox, bytes) else None
+        proc = self.run_bytes(*args, *files, input=data, env=env, check=False)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                                           proc.stderr.decode("utf-8", "replace"))
 
     def am_abort(self) -> None:
         self.run("am", "--abort", check=False)
@@ -355,15 +372,23 @@ class Repo:
     def am_quit(self) -> None:
         self.run("am", "--quit", check=False)
 
-    def apply_check(self, patch: Path) -> subprocess.CompletedProcess[str]:
-        """Would `patch` apply to the work tree? (verbose: names the hunk that does not)."""
-        return self.run("apply", "--check", "--verbose", str(patch), check=False)
+    def apply_check(self, patch: bytes) -> str:
+        """Would `patch` apply to the work tree? git's own words (verbose: names the hunk that does not),
+        stderr then stdout; empty when it applies."""
+        proc = self.run_bytes("apply", "--check", "--verbose", input=patch, check=False)
+        if proc.returncode == 0:
+            return ""
+        return (proc.stderr + proc.stdout).decode("utf-8", "replace")
 
     def format_patch(self, rev_range: str, out_dir: Path, *, start_number: int = 1) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         proc = self.run("format-patch", *FORMAT_PATCH_OPTIONS, f"--start-number={start_number}",
                         f"--output-directory={out_dir}", rev_range)
         return [Path(line) for line in proc.stdout.splitlines() if line.strip()]
+
+    def format_patch_stream(self, rev_range: str) -> bytes:
+        """`git format-patch --stdout` of `rev_range` with the pinned options: the mails, in memory."""
+        return self.run_bytes("format-patch", *FORMAT_PATCH_OPTIONS, "--stdout", rev_range).stdout
 
     # --- set-up -------------------------------------------------------------------------------------
 
@@ -392,34 +417,3 @@ def clone_local(source_git_dir: Path, dest: Path, *, shared: bool = False) -> Re
     repo = Repo.at(dest)
     repo.write_info("attributes", NEUTRAL_ATTRIBUTES)
     return repo
-
-
-def _walk_files(root: Path) -> Iterator[tuple[bytes, bytes, bytes]]:
-    """(git mode, path relative to root, content) of every file and symlink, in a stable order."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != ".git")
-        base = Path(dirpath)
-        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
-            path = base / name
-            rel = os.fsencode(path.relative_to(root))
-            if path.is_symlink():
-                yield b"120000", rel, os.fsencode(os.readlink(path))
-            else:
-                yield (b"100755" if path.stat().st_mode & 0o100 else b"100644"), rel, path.read_bytes()
-        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
-
-
-def _fast_import_path(rel: bytes) -> bytes:
-    """fast-import reads a path literally unless it starts with a quote; one holding LF cannot be
-    literal. C-quote anything unusual (quoting is always allowed)."""
-    if not (rel.startswith(b'"') or any(c in rel for c in b"\n\\\"") or any(c < 32 for c in rel)):
-        return rel
-    out = bytearray(b'"')
-    for c in rel:
-        if c in b'"\\':
-            out += b"\\" + bytes([c])
-        elif c < 32 or c == 127:
-            out += b"\\%03o" % c
-        else:
-            out.append(c)
-    return bytes(out + b'"')

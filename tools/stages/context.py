@@ -112,6 +112,9 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
     if directory.exists():
         shutil.rmtree(directory)
     (directory / "wheelhouse").mkdir(parents=True)
+    if any(path.endswith(".patch.age") for path, _ in plan.stack.patch_files):
+        # decrypted vendor code lands here (and in the image): this context is the owner's alone
+        directory.chmod(0o700)
     wheels = [_download(lock.flaggems.wheel), _download(lock.flagscale.wheel)]
     wheels += [_local_wheel(w, options) for w in pins.wheelhouse]
     engine_wheel = _download(pins.engine_wheel) if pins.engine_wheel else None

@@ -181,6 +181,8 @@ def make_plan(loaded: LoadedLock, recipe: Recipe, recipe_file: Path, stack: Stac
 
 def stack_ref(vendor: str) -> StackRef:
     stack = patches.stack_info(vendor)
+    if stack.unreadable:  # encrypted patches: what they touch decides the install mode
+        raise stack.unreadable_error(f"plan a {vendor} build")
     return StackRef(
         vendor=stack.vendor,
         patch_files=tuple((p.relpath, p.sha256) for p in stack.patches),

@@ -19,14 +19,17 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tools.core import paths
 from tools.core.errors import UserError
-from tools.core.lock import Lock, Upstream
 from tools.mech import git
 from tools.mech.console import info
 from tools.mech.download import download_verified
+from tools.mech.gitimport import import_files
+
+if TYPE_CHECKING:
+    from tools.core.lock import Lock, Upstream
 
 Origin = Literal["git", "sdist"]
 MODES = ("auto", "git", "sdist")
@@ -64,6 +67,29 @@ def downloads_dir() -> Path:
 def _stem(up: Upstream, origin: Origin) -> str:
     pin = up.git_commit if origin == "git" else up.sdist_sha256
     return f"{up.name}-{up.version}-{pin[:12]}"
+
+
+def cached_source() -> PristineTree | None:
+    """The pristine tree the lock names when it is already in the cache, found without validating the
+    whole lock (no pydantic: the quick commands start in milliseconds). None when anything is missing,
+    odd or not cached: then fetch_source(load_lock().lock) does the full job and reports errors."""
+    import tomllib
+
+    mode = os.environ.get("FLAGREL_SOURCE", "auto")
+    try:
+        up = tomllib.loads(paths.lock_file().read_text(encoding="utf-8"))["upstream"]
+        fields = {key: str(up[key]) for key in ("name", "version", "git_commit", "sdist_sha256")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    pins = {"git": fields["git_commit"], "sdist": fields["sdist_sha256"]}
+    origins: tuple[Origin, ...] = {"auto": ("git", "sdist"), "git": ("git",), "sdist": ("sdist",)}.get(mode, ())
+    for origin in origins:
+        if not re.fullmatch(r"[0-9a-f]{7,64}", pins[origin]):
+            return None
+        tree = _load_marker(f"{fields['name']}-{fields['version']}-{pins[origin][:12]}")
+        if tree:
+            return tree
+    return None
 
 
 def _marker(stem: str) -> Path:
@@ -240,7 +266,7 @@ def import_tree(files: Path, repo_dir: Path, message: str) -> str:
     The commit id depends only on the files and `message` (fixed author, committer and date)."""
     repo = git.init(repo_dir, bare=True)
     # Every file, also those upstream's .gitignore lists (the sdist ships vllm/_version.py, egg-info).
-    commit = repo.import_files(files, ref=PRISTINE_BRANCH, message=message, author=BASE_AUTHOR)
+    commit = import_files(repo, files, ref=PRISTINE_BRANCH, message=message, author=BASE_AUTHOR)
     repo.run("symbolic-ref", "HEAD", PRISTINE_BRANCH)
     return commit
 

@@ -3,9 +3,14 @@
 Layout: patches/vllm/common/ then patches/vllm/<vendor>/, each with a `series` file naming its patches
 (git format-patch mails) in order. A vendor's stack is common + vendor. A vendor workspace
 (workspaces/vllm-<vendor>) is a git repository: the pristine upstream tree as base commit
-(refs/flagrelease/base), then one commit per patch. Its state (which commit came from which patch file)
-lives in .git/flagrelease/state.json. The mechanism (git calls) is tools/git.py; nothing here runs git
-directly.
+(refs/flagrelease/base), then one commit per patch, whose message carries the patch's file name
+(`Patch-Filename:`, taken out again on export). Its state (which commit came from which patch file)
+lives in .git/flagrelease/state.json. Patches named NAME.patch.age are age-encrypted (keys.py). The
+mechanism (git calls, mail handling) is tools/mech/git.py and gitmail.py; nothing here runs git directly.
+
+Modules: stack (series, patch files, identity), keys (encrypted patches), workspace (applying),
+edit (patch, unpatch, export-patches), canonical (what export writes), verify (check-patches, build
+trees), vendor_import (import-patches).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tools.stages.patches.stack import (  # noqa: F401
     BASE_REF,
     BRANCH,
     COMMON,
+    PATCH_NAME,
     PROJECT,
     STAMP_MODULE,
     PatchFile,
@@ -35,12 +41,18 @@ from tools.stages.patches.stack import (  # noqa: F401
     stack_info,
     stack_root,
     stamp_module_text,
+    stray_message,
     stray_patches,
     touched_paths,
+)
+from tools.stages.patches.vendor_import import (  # noqa: F401
+    ImportResult,
+    import_series,
 )
 from tools.stages.patches.verify import (  # noqa: F401
     VendorCheck,
     check,
+    patched_source,
     patched_tree,
 )
 from tools.stages.patches.workspace import (  # noqa: F401
@@ -50,5 +62,6 @@ from tools.stages.patches.workspace import (  # noqa: F401
     apply_stack,
     find_edits,
     open_workspace,
+    pristine_for,
     workspace_dir,
 )

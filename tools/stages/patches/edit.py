@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import tools.stages.patches.canonical as canonical
 from tools.core.errors import UserError
-from tools.core.lock import Lock, load_lock
+from tools.mech import gitmail
 from tools.mech.console import warn
 from tools.mech.git import Identity, Repo
 from tools.stages.patches.stack import (
@@ -18,15 +19,16 @@ from tools.stages.patches.stack import (
     BASE_REF,
     BRANCH,
     COMMON,
+    PATCH_NAME,
     PROJECT,
     STAMP_MODULE,
-    Series,
     StackInfo,
     check_vendor,
     patch_subject,
     read_series,
     stack_info,
-    stack_root,
+    stray_message,
+    stray_patches,
 )
 from tools.stages.patches.workspace import (
     Edits,
@@ -39,9 +41,18 @@ from tools.stages.patches.workspace import (
     apply_stack,
     find_edits,
     open_workspace,
+    pristine_for,
     workspace_dir,
 )
-from tools.stages.source import fetch_source
+
+if TYPE_CHECKING:
+    from tools.core.lock import Lock
+
+
+def warn_strays(vendor: str) -> None:
+    for part in (COMMON, vendor):
+        for name in stray_patches(part):
+            warn(stray_message(part, name) + " (check-patches refuses this)")
 
 # --- commands ----------------------------------------------------------------------------------------------
 
@@ -57,7 +68,10 @@ class PatchResult:
 
 def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
     stack = stack_info(vendor)
-    pristine = fetch_source(lock or load_lock().lock)
+    if stack.unreadable:
+        raise stack.unreadable_error(f"patch the {vendor} workspace (nothing was applied)")
+    warn_strays(vendor)
+    pristine = pristine_for(lock)
     repo = open_workspace(vendor, pristine, create=True)
     assert repo is not None and repo.work_tree is not None
     _refuse_busy(repo, vendor)
@@ -85,7 +99,7 @@ def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
                        {sha: p.relpath for sha, p in failed.failure.applied}).save(repo)
         raise _failure_error(failed.failure, repo, vendor, stack) from None
     WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), True,
-                   {sha: p.relpath for sha, p in applied}).save(repo)
+                   {sha: p.relpath for sha, p in applied}, stack.removes).save(repo)
     _write_stamp(repo, stack)
     return PatchResult(vendor, repo.work_tree, stack, len(applied), changed=True)
 
@@ -100,7 +114,7 @@ class UnpatchResult:
 
 def unpatch(vendor: str, *, backup: bool = False, lock: Lock | None = None) -> UnpatchResult:
     check_vendor(vendor)
-    pristine = fetch_source(lock or load_lock().lock)
+    pristine = pristine_for(lock)
     repo = open_workspace(vendor, pristine, create=False)
     if repo is None or repo.work_tree is None:
         return UnpatchResult(vendor, workspace_dir(vendor), None, changed=False)
@@ -161,9 +175,10 @@ class ExportResult:
 
 def export(vendor: str, *, new_into: str = "vendor", lock: Lock | None = None) -> ExportResult:
     """Write the workspace's commits above base back to patches/: commits that came from the common part
-    stay common, new ones go to the vendor part unless a common commit follows them (or new_into=common)."""
+    stay common, new ones go to the vendor part unless a common commit follows them (or new_into=common).
+    Every patch keeps its file name (its commit's Patch-Filename line); new ones are named by subject."""
     check_vendor(vendor)
-    pristine = fetch_source(lock or load_lock().lock)
+    pristine = pristine_for(lock)
     repo = open_workspace(vendor, pristine, create=False)
     if repo is None or repo.work_tree is None:
         raise UserError(f"no {vendor} workspace to export", where=str(workspace_dir(vendor)),
@@ -201,34 +216,57 @@ def export(vendor: str, *, new_into: str = "vendor", lock: Lock | None = None) -
     removed: list[str] = []
     counts: dict[str, int] = {}
     applied: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="flagrelease-export-") as tmp:
-        for part in (COMMON, vendor):
-            mine = [c for c, p in zip(commits, parts, strict=True) if p == part]
-            files = repo.format_patch(f"{mine[0]}^..{mine[-1]}", Path(tmp) / part) if mine else []
-            counts[part] = len(files)
-            w, r = _sync_part(part, files)
-            written += w
-            removed += r
-            applied.update({sha: f"{PROJECT}/{part}/{f.name}" for sha, f in zip(mine, files, strict=True)})
+    for part in (COMMON, vendor):
+        mine = [c for c, p in zip(commits, parts, strict=True) if p == part]
+        exported = canonical.export_mails(repo, mine)
+        counts[part] = len(exported)
+        w, r = canonical.write_part(part, exported)
+        written += w
+        removed += r
+        applied.update({sha: f"{PROJECT}/{part}/{e.name}" for sha, e in zip(mine, exported, strict=True)})
     stack = stack_info(vendor)
-    WorkspaceState(vendor, base, stack.stack_hash, stack.short_id, head, True, applied).save(repo)
+    WorkspaceState(vendor, base, stack.stack_hash, stack.short_id, head, True, applied, stack.removes).save(repo)
     _write_stamp(repo, stack)
     return ExportResult(vendor, counts, tuple(written), tuple(removed))
 
 
+def _trailer_names(repo: Repo, commits: list[str]) -> dict[str, str]:
+    """commit -> the file name its message carries (Patch-Filename), for the commits that have one."""
+    if not commits:
+        return {}
+    raw = repo.out("log", "--format=%H%x00%B%x01", f"{commits[0]}^..{commits[-1]}")
+    names: dict[str, str] = {}
+    for entry in raw.split("\x01"):
+        sha, _, message = entry.strip("\n").partition("\x00")
+        mail = b"Subject: x\n\n" + message.encode("utf-8", "surrogateescape") + b"\n"
+        name = gitmail.filename_of(mail)
+        if sha and name and PATCH_NAME.match(name):
+            names[sha] = name
+    return names
+
+
 def _classify(repo: Repo, commits: list[str], state: WorkspaceState, vendor: str, new_into: str) -> list[str]:
+    by_name: dict[str, str] = {}
     by_subject: dict[str, str] = {}
     try:
+        for part in (COMMON, vendor):
+            for name in read_series(part).names:
+                by_name[name] = part if name not in by_name else ""
         for p in stack_info(vendor).patches:
+            if p.sealed:
+                continue
             subject = patch_subject(p.path.read_bytes())
             by_subject[subject] = p.part if subject not in by_subject else ""
     except UserError:
         pass  # a broken series: fall back to what the workspace state remembers
+    trailers = _trailer_names(repo, commits)
     known: list[str | None] = []
     for sha in commits:
         part: str | None = None
         if sha in state.applied:
             part = state.applied[sha].split("/")[1]
+        elif by_name.get(trailers.get(sha, "")):
+            part = by_name[trailers[sha]]
         elif by_subject.get(repo.subject(sha)):
             part = by_subject.pop(repo.subject(sha))
         known.append(part if part in (COMMON, vendor) else None)
@@ -248,33 +286,3 @@ def _classify(repo: Repo, commits: list[str], state: WorkspaceState, vendor: str
                 fix=f"reorder with `git -C {repo.work_tree} rebase -i {BASE_REF}` (common commits first)",
             )
     return parts
-
-
-def _sync_part(part: str, files: list[Path]) -> tuple[list[str], list[str]]:
-    folder = stack_root() / part
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        old = read_series(part)
-    except UserError:
-        old = Series(folder / "series", "", ())
-    written: list[str] = []
-    names = [f.name for f in files]
-    for generated in files:
-        dest = folder / generated.name
-        data = generated.read_bytes()
-        if not dest.is_file() or dest.read_bytes() != data:
-            dest.write_bytes(data)
-            written.append(f"{PROJECT}/{part}/{dest.name}")
-    removed = []
-    for name in old.names:
-        if name not in names:
-            (folder / name).unlink(missing_ok=True)
-            removed.append(f"{PROJECT}/{part}/{name}")
-    text = old.header + "".join(f"{n}\n" for n in names)
-    series = folder / "series"
-    if not series.is_file() or series.read_text(encoding="utf-8") != text:
-        series.write_text(text, encoding="utf-8")
-        written.append(f"{PROJECT}/{part}/series")
-    return written, removed
-
-

@@ -1,4 +1,4 @@
-"""Patch stacks: series files, patch files and what a stack touches, read from patches/."""
+"""Patch stacks: series files, patch files (git mails, some encrypted) and what a stack touches."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import tools.stages.patches.keys as keys
 from tools.core import paths, vendors
 from tools.core.errors import UserError
+from tools.mech import gitmail
 from tools.mech.git import Identity
 
 PROJECT = "vllm"
@@ -21,10 +23,9 @@ STAMP_MODULE = "vllm/_flagos_stack.py"
 # Commits made by `patch` carry this committer and the patch's own date, so the same stack on the same base
 # gives the same commit ids on every machine.
 APPLIER = Identity("FlagRelease", "flagrelease@example.invalid")
-_PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.patch$")
+PATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.patch(?:\.age)?$")
+_STRAY_GLOBS = ("*.patch", "*.patch.age", "*.diff", "*.mbox", "*.eml")
 _SHOWN = 8  # edits listed in a message before "and N more"
-
-
 
 
 # --- the stack ---------------------------------------------------------------------------------------------
@@ -35,12 +36,22 @@ class PatchFile:
     part: str  # "common" or a vendor
     name: str
     path: Path
-    sha256: str
+    sha256: str  # of the file as it lies in patches/ (the ciphertext for an encrypted patch)
 
     @property
     def relpath(self) -> str:
         """Relative to patches/ (what build plans and labels record)."""
         return f"{PROJECT}/{self.part}/{self.name}"
+
+    @property
+    def sealed(self) -> bool:
+        return self.name.endswith(keys.SEALED_SUFFIX)
+
+    def mail(self) -> bytes:
+        """The git mail: the file's bytes, decrypted in memory when encrypted (keys.Unreadable without
+        the key)."""
+        data = self.path.read_bytes()
+        return keys.decrypt(self.path, data, self.sha256) if self.sealed else data
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,15 @@ class StackInfo:
     patches: tuple[PatchFile, ...]
     stack_hash: str
     short_id: str
-    touched: frozenset[str]  # upstream paths the stack adds, changes, renames or removes
+    touched: frozenset[str]  # upstream paths the stack adds, changes, renames or removes (readable patches)
+    unreadable: tuple[tuple[PatchFile, str], ...] = ()  # encrypted patches without a key, and why
+    removes: bool = False  # some patch deletes or renames a file
+
+    def unreadable_error(self, action: str) -> UserError:
+        names = "\n  ".join(f"{p.relpath}: {why}" for p, why in self.unreadable)
+        return UserError(f"cannot {action}: {len(self.unreadable)} encrypted patch(es) cannot be read",
+                         where=names, fix=f"give the key: export {keys.KEY_FILE_ENV}=/path/outside/the/repo/key.txt "
+                                          f"(an age identity file), or {keys.KEY_ENV}=AGE-SECRET-KEY-1...")
 
 
 @dataclass(frozen=True)
@@ -74,7 +93,7 @@ def read_series(part: str) -> Series:
     folder = stack_root() / part
     path = folder / "series"
     if not path.is_file():
-        strays = sorted(p.name for p in folder.glob("*.patch")) if folder.is_dir() else []
+        strays = sorted(p.name for g in _STRAY_GLOBS for p in folder.glob(g)) if folder.is_dir() else []
         if strays:
             raise UserError(f"{folder} holds patches but no series file", where=str(path),
                             fix=f"list the patches in order in {path} (one file name a line)")
@@ -89,9 +108,10 @@ def read_series(part: str) -> Series:
         if not entry or entry.startswith("#"):
             continue
         where = f"{path}:{number}"
-        if not _PATCH_NAME.match(entry):
+        if not PATCH_NAME.match(entry):
             raise UserError(f"bad series entry {entry!r}", where=where,
-                            fix="one patch file name a line (NNNN-subject.patch), no folders")
+                            fix="one patch file name a line (NAME.patch, or NAME.patch.age when encrypted), "
+                                "no folders")
         if entry in names:
             raise UserError(f"{entry} is listed twice", where=where, fix="remove the duplicate line")
         if not (folder / entry).is_file():
@@ -102,17 +122,44 @@ def read_series(part: str) -> Series:
 
 
 def stray_patches(part: str) -> list[str]:
-    """Patch files in a part's folder that its series does not list (ignored by every command)."""
+    """Patch files in a part's folder that its series does not list (every command ignores them)."""
     folder = stack_root() / part
     if not folder.is_dir():
         return []
     listed = set(read_series(part).names)
-    return sorted(p.name for p in folder.glob("*.patch") if p.name not in listed)
+    return sorted({p.name for g in _STRAY_GLOBS for p in folder.glob(g)} - listed)
+
+
+def stray_message(part: str, name: str) -> str:
+    series = stack_root() / part / "series"
+    return (f"{PROJECT}/{part}/{name} is not listed in {series}, so no command applies it: add it to the "
+            f"series (in order) or delete it")
+
+
+def check_mail(patch: PatchFile, data: bytes) -> None:
+    """A patch file must be one git mail with a diff: say precisely what it is instead."""
+    found = gitmail.shape(data)
+    where = f"{patch.path}:{found.line}"
+    importer = f"nox -s import-patches -- --vendor {patch.part} DIR --author 'Name <mail>'"
+    if found.kind == "none":
+        raise UserError(f"{patch.relpath} is not a patch: {found.detail}", where=where,
+                        fix=f"remove it from {patch.path.parent / 'series'}, or replace it with the patch meant")
+    if found.kind == "diff":
+        raise UserError(f"{patch.relpath} is not a git mail: {found.detail}", where=where,
+                        fix=f"turn plain diffs into mails with an author: put them in a folder and run {importer}")
+    if found.kind == "empty-mail":
+        raise UserError(f"{patch.relpath} is an empty patch: {found.detail}", where=where,
+                        fix=f"remove it from {patch.path.parent / 'series'}, or add the change it should carry")
+    if gitmail.filename_of(data) is not None:
+        raise UserError(f"{patch.relpath} carries a Patch-Filename line, which only workspace commits have",
+                        where=str(patch.path), fix=f"rewrite it with `export-patches --vendor {patch.part}` "
+                                                   "or `import-patches`")
 
 
 def stack_info(vendor: str) -> StackInfo:
     """The ordered stack for `vendor` and its identity: sha256 over "vendor" and each patch's sha256 and
-    path in order (so content, order and vendor all count), short id = first 12 hex digits."""
+    path in order (so content, order and vendor all count), short id = first 12 hex digits. Encrypted
+    patches count by their ciphertext; without the key they are listed in `unreadable`."""
     check_vendor(vendor)
     files: list[PatchFile] = []
     for part in (COMMON, vendor):
@@ -122,15 +169,25 @@ def stack_info(vendor: str) -> StackInfo:
             files.append(PatchFile(part, name, path, hashlib.sha256(path.read_bytes()).hexdigest()))
     digest = hashlib.sha256(f"flagrelease-stack/1\nvendor {vendor}\n".encode())
     touched: set[str] = set()
+    unreadable: list[tuple[PatchFile, str]] = []
+    removes = False
     for patch in files:
         digest.update(f"{patch.sha256}  {patch.relpath}\n".encode())
-        touched |= touched_paths(patch.path.read_bytes())
+        try:
+            data = patch.mail()
+        except keys.Unreadable as why:
+            unreadable.append((patch, str(why)))
+            continue
+        check_mail(patch, data)
+        touched |= touched_paths(data)
+        removes = removes or b"\ndeleted file mode " in data or b"\nrename from " in data
     if STAMP_MODULE in touched:
         raise UserError(f"the {vendor} stack touches {STAMP_MODULE}, which `patch` generates",
                         where=", ".join(p.relpath for p in files),
                         fix="the stack's identity cannot live inside the stack: drop that change")
     stack_hash = digest.hexdigest()
-    return StackInfo(vendor, tuple(files), stack_hash, stack_hash[:12], frozenset(touched))
+    return StackInfo(vendor, tuple(files), stack_hash, stack_hash[:12], frozenset(touched), tuple(unreadable),
+                     removes)
 
 
 def stamp_module_text(stack: StackInfo) -> str:
@@ -227,18 +284,7 @@ def _header_path(rest: str) -> str | None:
 
 
 def patch_subject(patch: bytes) -> str:
-    """The commit subject a mail carries (folded header lines joined, "[PATCH]" dropped)."""
-    lines = patch.decode("utf-8", "surrogateescape").splitlines()
-    for i, line in enumerate(lines):
-        if not line:
-            break
-        if line.startswith("Subject: "):
-            text = line[len("Subject: "):]
-            for cont in lines[i + 1:]:
-                if not cont.startswith((" ", "\t")):
-                    break
-                text += cont
-            return re.sub(r"^\[PATCH[^\]]*\]\s*", "", text).strip()
-    return ""
+    """The commit subject a mail carries (folded header lines joined, "[PATCH n/m]" dropped)."""
+    return gitmail.strip_subject_prefix(gitmail.subject_of(patch))
 
 

@@ -8,9 +8,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import tools.stages.patches.keys as keys
 from tools.core import paths
 from tools.core.errors import UserError
+from tools.mech import gitmail
 from tools.mech.console import info
 from tools.mech.git import Repo, StatusEntry, clone_local
 from tools.stages.patches.stack import (
@@ -25,7 +28,29 @@ from tools.stages.patches.stack import (
     _strip_prefix,
     stamp_module_text,
 )
-from tools.stages.source import PristineTree
+from tools.stages.source import PristineTree, cached_source, fetch_source
+
+if TYPE_CHECKING:
+    from tools.core.lock import Lock
+
+
+def load_lock() -> Any:
+    """The validated lock (pydantic), loaded only when the cache cannot answer without it."""
+    from tools.core.lock import load_lock as load
+
+    return load()
+
+
+def pristine_for(lock: Lock | None) -> PristineTree:
+    """The pristine tree: straight from the cache when the lock's entry is there (no validation cost), else
+    fetched with the validated lock."""
+    if lock is None:
+        tree = cached_source()
+        if tree is not None:
+            return tree
+    return fetch_source(lock or load_lock().lock)
+
+
 
 # --- workspaces --------------------------------------------------------------------------------------------
 
@@ -39,6 +64,7 @@ class WorkspaceState:
     tip: str | None = None  # HEAD as `patch` (or export) left it
     complete: bool = False
     applied: dict[str, str] = field(default_factory=dict)  # commit -> patch relpath
+    removes: bool = False  # the applied stack deletes or renames files (unpatch then looks for reborn ones)
 
     @classmethod
     def load(cls, repo: Repo, vendor: str, base: str) -> WorkspaceState:
@@ -134,18 +160,22 @@ def find_edits(repo: Repo, state: WorkspaceState, base: str) -> Edits:
     untracked = tuple(e for e in entries if e.code == "??")
     head = repo.head()
     commits: list[str] = []
-    if head and not repo.is_ancestor(base, head):
+    # HEAD where `patch` left it: its commits are the stack's (no history walk needed)
+    ours = head == base or (head == state.tip and set(state.applied) and state.base == base)
+    if head and not ours and not repo.is_ancestor(base, head):
         commits.append(f"{head[:12]} (HEAD is not based on the pristine tree)")
-    elif head:
-        for sha in repo.rev_list(f"{base}..{head}"):
-            if sha not in state.applied:
-                commits.append(f"{sha[:12]} {repo.subject(sha)}")
+    elif head and head != base:
+        if not ours:
+            for sha in repo.rev_list(f"{base}..{head}"):
+                if sha not in state.applied:
+                    commits.append(f"{sha[:12]} {repo.subject(sha)}")
         # A file the stack deleted, present again but ignored (*.so, build/): status does not show it,
         # yet going back to pristine would overwrite it.
-        assert repo.work_tree is not None
-        reborn = [rel for rel in repo.changed_paths(f"{base}..{head}", diff_filter="D")
-                  if os.path.lexists(repo.work_tree / rel)]
-        untracked += tuple(StatusEntry("!!", rel) for rel in reborn)
+        if state.removes or not ours:
+            assert repo.work_tree is not None
+            reborn = [rel for rel in repo.changed_paths(f"{base}..{head}", diff_filter="D")
+                      if os.path.lexists(repo.work_tree / rel)]
+            untracked += tuple(StatusEntry("!!", rel) for rel in reborn)
     return Edits(changed, untracked, tuple(commits))
 
 
@@ -183,11 +213,13 @@ class ApplyFailure:
     hunk: str | None
     reason: str
     applied: tuple[tuple[str, PatchFile], ...]  # (commit, patch) that did apply, in order
+    git_says: str = ""  # git's own words (stderr and stdout), noise dropped
 
     def describe(self) -> str:
         where = f"{self.file}" if self.file else "(file not identified)"
         hunk = f", {self.hunk}" if self.hunk else ""
-        return f"{self.patch.relpath} does not apply: {where}{hunk}: {self.reason}"
+        said = f" (git: {self.git_says})" if self.git_says else ""
+        return f"{self.patch.relpath} does not apply: {where}{hunk}: {self.reason}{said}"
 
 
 class _Failed(Exception):
@@ -196,46 +228,74 @@ class _Failed(Exception):
         self.failure = failure
 
 
+def stack_mails(patches: Sequence[PatchFile]) -> list[bytes]:
+    """Each patch's mail (decrypted in memory) carrying its file name, as `git am` should commit it."""
+    out = []
+    for patch in patches:
+        mail = gitmail.add_filename(patch.mail(), patch.name)
+        out.append(mail if mail.endswith(b"\n") else mail + b"\n")
+    return out
+
+
 def apply_stack(repo: Repo, patches: Sequence[PatchFile]) -> list[tuple[str, PatchFile]]:
-    """Commit each patch on top of HEAD. On failure HEAD stays at the last patch that applied, the work
-    tree is clean, and _Failed names the patch, the file and the hunk."""
+    """Commit each patch on top of HEAD (one `git am`, mails on stdin: an encrypted patch's plaintext
+    goes nowhere but the repository). On failure HEAD stays at the last patch that applied, the work
+    tree is clean, and _Failed names the patch, the file, the hunk and what git said."""
     if not patches:
         return []
     before = repo.head()
-    proc = repo.am([p.path for p in patches], committer=APPLIER)
+    mails = stack_mails(patches)
+    proc = repo.am(b"".join(mails), committer=APPLIER)
     commits = repo.rev_list(f"{before}..HEAD")
     applied = list(zip(commits, patches, strict=False))
     if proc.returncode == 0 and len(commits) == len(patches):
         return applied
     repo.am_quit()
     repo.reset_hard("HEAD")
-    failed = patches[len(commits)]
-    file, hunk, reason = _diagnose(repo, failed, proc.stderr or proc.stdout)
-    raise _Failed(ApplyFailure(failed, file, hunk, reason, tuple(applied)))
+    failed = len(commits)
+    file, hunk, reason = _diagnose(repo, patches[failed], mails[failed])
+    raise _Failed(ApplyFailure(patches[failed], file, hunk, reason, tuple(applied),
+                               git_words(proc.stderr + "\n" + proc.stdout)))
 
 
-def _diagnose(repo: Repo, patch: PatchFile, am_output: str) -> tuple[str | None, str | None, str]:
+_NOISE = re.compile(r"^(hint:|warning: quoted CRLF detected|Applying: |Using index info|"
+                    r"When you have resolved|If you prefer to skip|To restore the original|"
+                    r"Falling back to patching|Patch failed at )")
+
+
+def git_words(output: str, lines: int = 4) -> str:
+    """The lines of git's output that say what went wrong (its advice and unrelated warnings dropped)."""
+    kept = [line.strip() for line in output.splitlines() if line.strip() and not _NOISE.match(line.strip())]
+    return " | ".join(dict.fromkeys(kept[-lines:]))
+
+
+def _diagnose(repo: Repo, patch: PatchFile, mail: bytes) -> tuple[str | None, str | None, str]:
     """Which file and hunk of `patch` fail on the current tree (git apply names them; am in 3-way mode
     only says "conflict")."""
-    check = repo.apply_check(patch.path)
-    text = check.stderr + check.stdout
+    text = repo.apply_check(mail)
+    return diagnose_apply(text, mail)
+
+
+def diagnose_apply(text: str, mail: bytes) -> tuple[str | None, str | None, str]:
+    """File, hunk and reason from `git apply` output for `mail`."""
     failed = re.search(r"^error: patch failed: (.+):(\d+)$", text, re.M)
     if failed:
         file, line = failed.group(1), int(failed.group(2))
-        return file, _hunk_at(patch.path.read_bytes(), file, line), "the hunk's context is not in the file"
+        hunk = _hunk_at(mail, file, line)
+        return file, hunk, (f"at line {line} the file does not hold the hunk's context (wrong base: the patch "
+                            "was made against other upstream code, or an earlier patch changed these lines)")
     known = (
         (r"^error: (.+): already exists in (?:working directory|index)$", "the file already exists"),
         (r"^error: (.+): (?:does not exist in index|No such file or directory)$", "the file does not exist"),
         (r"^error: (.+): does not match index$", "the file differs from the index"),
         (r"^error: (.+): patch does not apply$", "the patch does not apply"),
+        (r"^error: (.+): wrong type$", "the path has another type (file, link, folder)"),
     )
     for pattern, reason in known:
         found = re.search(pattern, text, re.M)
         if found:
             return found.group(1), None, reason
-    conflict = re.search(r"^CONFLICT \([^)]*\): .* in (.+)$", am_output, re.M)
-    last = (am_output.strip().splitlines() or ["git am failed"])[-1]
-    return (conflict.group(1) if conflict else None), None, last
+    return None, None, git_words(text) or "git apply failed"
 
 
 def _hunk_at(patch: bytes, file: str, old_start: int) -> str | None:
@@ -245,7 +305,7 @@ def _hunk_at(patch: bytes, file: str, old_start: int) -> str | None:
         if line.startswith("diff --git "):
             current, number = None, 0
         elif line.startswith("--- "):
-            current = _strip_prefix(line[4:], "a/")
+            current = _strip_prefix(line[4:].split("\t")[0], "a/")
         elif line.startswith("@@ ") and current == file:
             number += 1
             found = re.match(r"^@@ -(\d+)", line)
@@ -260,14 +320,22 @@ def _failure_error(failure: ApplyFailure, repo: Repo, vendor: str, stack: StackI
     position = (f"at the last patch that applied ({done} of {len(stack.patches)}: "
                 f"{failure.applied[-1][1].relpath})" if done else "at pristine (no patch applied)")
     rest = [p for p in stack.patches[done + 1:]]
+
+    def feed(patch: PatchFile) -> str:
+        if patch.sealed:
+            return f"age -d -i \"${keys.KEY_FILE_ENV}\" {patch.path} | git -C {ws} am --3way --keep-cr"
+        return f"git -C {ws} am --3way --keep-cr {patch.path}"
+
     steps = [
         f"the workspace is {position}",
-        f"1. see the conflict: git -C {ws} am --3way --keep-cr {failure.patch.path}",
+        f"1. see the conflict: {feed(failure.patch)}",
         f"2. resolve it, `git -C {ws} add` the files, then `git -C {ws} am --continue`",
     ]
     if rest:
-        steps.append(f"3. apply the rest: git -C {ws} am --3way --keep-cr " + " ".join(str(p.path) for p in rest))
+        plain = [p for p in rest if not p.sealed]
+        if len(plain) == len(rest):
+            steps.append(f"3. apply the rest: git -C {ws} am --3way --keep-cr " + " ".join(str(p.path) for p in rest))
+        else:
+            steps.append("3. apply the rest, one at a time: " + "; ".join(feed(p) for p in rest))
     steps.append(f"{len(steps)}. write the fixed stack back: python -m tools export-patches --vendor {vendor}")
     return UserError(failure.describe(), where=f"{failure.patch.path} -> {ws}", fix="\n         ".join(steps))
-
-
