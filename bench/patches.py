@@ -1,155 +1,187 @@
-"""Patch-stack benchmark on the real vLLM 0.32.0 tree: ours beside a plain baseline, in the same run.
+"""Patch-stack benchmark on the real vLLM 0.32.0 tree: our commands beside raw git, in the same run.
 
-  operation            ours                                         baseline
-  cold fetch           fetch_source into an empty cache (git try,   download + `tar -xzf` (no verification
-                       sdist download, sha256, unpack, git import)  of ownership, no git)
-  first patch          `patch` with no workspace yet                `cp -a` of the tree + `git apply` stack
-  patch (warm)         `patch` on a pristine workspace              `git apply` of the stack on a clean copy
-  unpatch (warm)       `unpatch` on a patched workspace             `git apply -R`, last patch first
-  patch (no-op)        `patch` on an already patched workspace      (plain git apply cannot tell: n/a)
-  patch/unpatch (CLI)  `python -m tools patch|unpatch` (interpreter start and imports included)
-  check-patches        apply + export + compare, every vendor       per vendor `cp -a` + `git apply` of its stack
+  row                     ours                                          raw git
+  patch+unpatch (warm)    `python -m tools patch` then `unpatch` on a   `git am` of the same mails, then
+                          workspace at pristine (CLI: start, imports)   `git reset --hard` to the base
+  check-patches           `python -m tools check-patches` (every vendor) per vendor: shared clone, checkout of
+                                                                        the tree, `git am`, `format-patch`
+  imports                 `python -X importtime -m tools patch`: what the quick commands load
 
-Warm rows are the median of --repeat runs. Usage: python bench/patches.py [--vendor nvidia] [--repeat 5]
-Goal: patch and unpatch of a warm workspace under 1 s each.
+Runs are interleaved (ours, raw, ours, raw, ...) so that load from other work hits both alike; medians.
+Wall time and CPU time (user+sys of the process and its children) are both shown: on a busy shared machine
+every extra process waits for a CPU, so wall ratios move with the load while CPU ratios measure work.
+Goals (issue 11): patch+unpatch <= 1.5x raw git; check-patches for all vendors <= 3 s.
+Usage: python bench/patches.py [--repeat 7] [--vendor cpu --vendor nvidia ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from tools import PROJECT_ROOT, source
-from tools.core.lock import load_lock
-from tools.core.vendors import names as vendor_names  # noqa: E402
-from tools.mech import git
-from tools.mech.download import download_verified
-from tools.stages import patches
+from tools.core import vendors  # noqa: E402
+from tools.mech import git  # noqa: E402
+from tools.stages import patches  # noqa: E402
 
-
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
+IDENTITY = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+            "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid"}
 
 
-def median_of(repeat: int, action: Callable[[], object], before: Callable[[], object] | None = None) -> float:
-    runs = []
+class Clock:
+    """Wall and CPU seconds of what runs inside `with`."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), _children_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, _children_cpu() - self.cpu
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> Clock:
+    with Clock() as clock:
+        subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return clock
+
+
+Pair = tuple[float, float]  # (wall, cpu) medians
+
+
+def medians(clocks: list[Clock]) -> Pair:
+    return statistics.median(c.wall for c in clocks), statistics.median(c.cpu for c in clocks)
+
+
+def raw_git(args: list[str], cwd: Path) -> list[str]:
+    """Plain git as a user types it (the user's config off, like ours, so both do the same work)."""
+    return ["git", "-c", "core.autocrlf=false", *args]
+
+
+def tools_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "FLAGREL_WORKSPACES": str(tmp / "workspaces"), "FLAGREL_PATCHES": str(ROOT / "patches"),
+            "PYTHONDONTWRITEBYTECODE": "0"}
+
+
+def plain_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    return {**env, **IDENTITY, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+
+
+def bench_patch(vendor: str, repeat: int, tmp: Path, pristine) -> tuple[Pair, Pair, Pair, Pair]:
+    stack = patches.stack_info(vendor)
+    files = [str(p.path) for p in stack.patches]
+    env = tools_env(tmp)
+    cli = [sys.executable, "-m", "tools"]
+    run([*cli, "patch", "--vendor", vendor], cwd=ROOT, env=env)  # creates the workspace (not timed)
+    run([*cli, "unpatch", "--vendor", vendor], cwd=ROOT, env=env)
+    raw = tmp / f"raw-{vendor}"
+    subprocess.run(["git", "clone", "-q", "--local", "--no-checkout", str(pristine.repo), str(raw)], check=True)
+    (raw / ".git/info/attributes").write_text(git.NEUTRAL_ATTRIBUTES)
+    subprocess.run(["git", "-C", str(raw), "checkout", "-q", "-B", "main", pristine.commit], check=True,
+                   env=plain_env())
+    ours_patch: list[Clock] = []
+    ours_unpatch: list[Clock] = []
+    raw_am: list[Clock] = []
+    raw_reset: list[Clock] = []
     for _ in range(repeat):
-        if before:
-            before()
-        runs.append(timed(action))
-    return statistics.median(runs)
+        ours_patch.append(run([*cli, "patch", "--vendor", vendor], cwd=ROOT, env=env))
+        ours_unpatch.append(run([*cli, "unpatch", "--vendor", vendor], cwd=ROOT, env=env))
+        raw_am.append(run(raw_git(["am", "-q", "--keep-cr", "--committer-date-is-author-date", *files], raw),
+                          cwd=raw, env=plain_env()))
+        raw_reset.append(run(raw_git(["reset", "-q", "--hard", pristine.commit], raw), cwd=raw, env=plain_env()))
+    return medians(ours_patch), medians(ours_unpatch), medians(raw_am), medians(raw_reset)
 
 
-def git_apply(tree: Path, files: list[Path], *, reverse: bool = False) -> None:
-    args = ["apply", "--whitespace=nowarn", *(["--reverse"] if reverse else []), *map(str, files)]
-    git.git(args, cwd=tree)
+def raw_check(tmp: Path, pristine) -> None:
+    for vendor in vendors.names():
+        scratch = tmp / f"raw-check-{vendor}"
+        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(pristine.repo), str(scratch)],
+                       check=True)
+        env = plain_env()
+        subprocess.run(["git", "-C", str(scratch), "checkout", "-q", "-B", "main", pristine.commit], check=True,
+                       env=env)
+        files = [str(p.path) for p in patches.stack_info(vendor).patches]
+        subprocess.run(["git", "-C", str(scratch), "am", "-q", "--keep-cr", *files], check=True, env=env)
+        subprocess.run(["git", "-C", str(scratch), "format-patch", "-q", "--zero-commit", "--no-stat", "-o",
+                        str(tmp / f"raw-out-{vendor}"), f"{pristine.commit}..HEAD"], check=True, env=env)
+        shutil.rmtree(scratch)
 
 
-def copy_tree(src: Path, dest: Path) -> None:
-    subprocess.run(["cp", "-a", str(src), str(dest)], check=True)
+def import_profile(vendor: str, tmp: Path) -> tuple[float, list[str], bool]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tools", "patch", "--vendor", vendor], cwd=ROOT,
+                          env=tools_env(tmp), capture_output=True, text=True, check=True)
+    rows = re.findall(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", proc.stderr)
+    total = sum(int(self_us) for self_us, _, _, _ in rows) / 1e6
+    top = sorted(((int(cum), name) for _, cum, indent, name in rows if not indent), reverse=True)[:4]
+    heavy = any(name.split(".")[0] in {"pydantic", "rich", "requests", "jinja2"} for _, _, _, name in rows)
+    return total, [f"{name} {cum / 1e3:.0f} ms" for cum, name in top], heavy
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vendor", default="nvidia", choices=vendor_names())
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--vendor", action="append", choices=vendors.names(), default=[])
     args = parser.parse_args()
-    vendor, repeat = args.vendor, args.repeat
-    lock = load_lock().lock
-    up = lock.upstream
-    rows: list[tuple[str, float, float | None, str]] = []
-
-    with tempfile.TemporaryDirectory(prefix="bench-patches-") as tmp_name:
-        tmp = Path(tmp_name)
-        os.environ["FLAGREL_CACHE"] = str(tmp / "cache")
-        os.environ["FLAGREL_WORKSPACES"] = str(tmp / "workspaces")
-        os.environ["FLAGREL_PATCHES"] = str(PROJECT_ROOT / "patches")
-        stack = patches.stack_info(vendor)
-        files = [p.path for p in stack.patches]
-
-        # cold fetch
-        ours = timed(lambda: source.fetch_source(lock))
-        pristine = source.fetch_source(lock)
-
-        def baseline_fetch() -> None:
-            archive = download_verified(up.sdist_url, tmp / "plain-dl" / "vllm.tar.gz", up.sdist_sha256)
-            (tmp / "plain-tree").mkdir()
-            subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp / "plain-tree")], check=True)
-
-        rows.append(("cold fetch", ours, timed(baseline_fetch),
-                     f"{pristine.origin}, {pristine.files} files; baseline: download + tar -xzf"))
-
-        # first patch: a new workspace
-        ours = timed(lambda: patches.patch(vendor))
-        plain = tmp / "plain-copy"
-        base = timed(lambda: (copy_tree(pristine.path, plain), git_apply(plain, files)))
-        rows.append(("first patch (new workspace)", ours, base, "baseline: cp -a + git apply"))
-
-        # warm patch / unpatch
-        unpatch_t = median_of(repeat, lambda: patches.unpatch(vendor), before=lambda: patches.patch(vendor))
-        patch_t = median_of(repeat, lambda: patches.patch(vendor), before=lambda: patches.unpatch(vendor))
-        # the plain copy is patched now: time its unpatch and patch in turns, like ours
-        base_patch_runs, base_unpatch_runs = [], []
-        for _ in range(repeat):
-            base_unpatch_runs.append(timed(lambda: git_apply(plain, list(reversed(files)), reverse=True)))
-            base_patch_runs.append(timed(lambda: git_apply(plain, files)))
-        base_patch = statistics.median(base_patch_runs)
-        rows.append((f"patch (warm, {len(files)} patches)", patch_t, base_patch,
-                     "baseline: git apply on a clean copy"))
-        rows.append(("unpatch (warm)", unpatch_t, statistics.median(base_unpatch_runs),
-                     "baseline: git apply -R, last patch first"))
-        rows.append(("patch (no-op, already patched)", median_of(repeat, lambda: patches.patch(vendor)), None,
-                     "idempotence check: state, status, rev-list"))
-
-        # the same through the command line
-        def cli(name: str) -> None:
-            subprocess.run([sys.executable, "-m", "tools", name, "--vendor", vendor], check=True, cwd=PROJECT_ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        cli_patch = median_of(repeat, lambda: cli("patch"), before=lambda: patches.unpatch(vendor))
-        cli_unpatch = median_of(repeat, lambda: cli("unpatch"), before=lambda: patches.patch(vendor))
-        rows.append(("patch (warm, CLI)", cli_patch, base_patch, "python -m tools patch; baseline: git apply"))
-        rows.append(("unpatch (warm, CLI)", cli_unpatch, statistics.median(base_unpatch_runs),
-                     "python -m tools unpatch; baseline: git apply -R"))
-
-        # check-patches
-        ours = median_of(max(1, repeat // 2), lambda: patches.check())
-
-        def baseline_check() -> None:
-            for name in vendor_names():
-                copy = tmp / f"plain-check-{name}"
-                copy_tree(pristine.path, copy)
-                git_apply(copy, [p.path for p in patches.stack_info(name).patches])
-                shutil.rmtree(copy)
-
-        rows.append((f"check-patches ({len(vendor_names())} vendors)", ours, timed(baseline_check),
-                     "ours also exports and compares bytes; baseline: cp -a + git apply per vendor"))
-
+    chosen = args.vendor or list(vendors.names())
+    pristine = patches.pristine_for(None)
+    rows: list[tuple[str, Pair, Pair, str]] = []
+    goals: list[tuple[str, bool]] = []
+    add = lambda a, b: (a[0] + b[0], a[1] + b[1])  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="bench-patches-") as name:
+        tmp = Path(name)
+        for vendor in chosen:
+            op, ou, ra, rr = bench_patch(vendor, args.repeat, tmp, pristine)
+            count = len(patches.stack_info(vendor).patches)
+            both, raw = add(op, ou), add(ra, rr)
+            rows.append((f"{vendor}: patch ({count} patches)", op, ra, "python -m tools patch | git am"))
+            rows.append((f"{vendor}: unpatch", ou, rr, "python -m tools unpatch | git reset --hard"))
+            rows.append((f"{vendor}: patch+unpatch", both, raw, "goal <= 1.5x"))
+            goals.append((f"{vendor} patch+unpatch {both[0] / raw[0]:.2f}x raw git wall, {both[1] / raw[1]:.2f}x CPU "
+                           "(<= 1.5x)", both[0] <= 1.5 * raw[0]))
+        floor = medians([run([sys.executable, "-c", "pass"]) for _ in range(args.repeat)])
+        ours_check: list[Clock] = []
+        raw_checks: list[Clock] = []
+        for _ in range(max(3, args.repeat // 2)):
+            ours_check.append(run([sys.executable, "-m", "tools", "check-patches"], cwd=ROOT, env=tools_env(tmp)))
+            with Clock() as clock:
+                raw_check(tmp, pristine)
+            raw_checks.append(clock)
+        check = medians(ours_check)
+        rows.append((f"check-patches ({len(vendors.names())} vendors)", check, medians(raw_checks),
+                     "ours: private index, no checkout | raw: clone+checkout+am+format-patch"))
+        goals.append((f"check-patches {check[0]:.2f} s for all vendors (<= 3 s)", check[0] <= 3.0))
+        imports, top, heavy = import_profile(chosen[0], tmp)
     load = os.getloadavg()
-    print(f"\nvLLM {up.version} ({pristine.files} files), vendor {vendor}, stack {stack.short_id}; "
-          f"median of {repeat} for warm rows; load average {load[0]:.1f} on {os.cpu_count()} CPUs\n")
-    print(f"| {'operation':<34} | {'ours':>8} | {'baseline':>8} | {'ours/base':>9} | note")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 10}|{'-' * 11}|------")
-    for name, ours_s, base_s, note in rows:
-        base_txt = f"{base_s:7.3f}s" if base_s is not None else "     n/a"
-        ratio = f"{ours_s / base_s:8.2f}x" if base_s else "      n/a"
-        print(f"| {name:<34} | {ours_s:7.3f}s | {base_txt} | {ratio} | {note}")
-    warm = {name: s for name, s, _, _ in rows}
-    goal = all(warm[k] < 1.0 for k in warm if k.startswith(("patch (warm", "unpatch (warm")))
-    print(f"\ngoal (patch and unpatch of a warm workspace < 1 s each): {'met' if goal else 'NOT met'}")
-    return 0 if goal else 1
+    print(f"\nvLLM {pristine.version} ({pristine.files} files); median of {args.repeat}, interleaved; load average "
+          f"{load[0]:.1f} on {os.cpu_count()} CPUs; `python -c pass` alone {floor[0] * 1e3:.0f} ms wall, "
+          f"{floor[1] * 1e3:.0f} ms CPU\n")
+    print(f"| {'operation':<28} | {'ours wall':>9} | {'raw wall':>9} | {'ratio':>6} | {'ours CPU':>9} | "
+          f"{'raw CPU':>9} | {'ratio':>6} | what")
+    print(f"|{'-' * 30}|{'-' * 11}|{'-' * 11}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 8}|------")
+    for label, ours, base, note in rows:
+        print(f"| {label:<28} | {ours[0]:8.3f}s | {base[0]:8.3f}s | {ours[0] / base[0]:5.2f}x | {ours[1]:8.3f}s | "
+              f"{base[1]:8.3f}s | {ours[1] / max(base[1], 1e-6):5.2f}x | {note}")
+    print(f"\nimports of `python -m tools patch --vendor {chosen[0]}`: {imports * 1e3:.0f} ms in all; "
+          f"largest: {', '.join(top)}; pydantic/rich/requests/jinja2 loaded: {'yes' if heavy else 'no'}")
+    for text, met in goals:
+        print(f"goal: {text}: {'met' if met else 'NOT met'}")
+    return 0 if all(met for _, met in goals) else 1
 
 
 if __name__ == "__main__":

@@ -384,3 +384,35 @@ def test_ascend_env_defaults(project: Path) -> None:
     override = (tree / "vllm/env_override.py").read_text()
     assert override.index("apply_env_defaults()") < override.index("def _get_torch_root")
     assert "vllm/env_override.py" not in patches.stack_info("cpu").touched
+
+
+# --- a vendor's own series -----------------------------------------------------------------------------------
+
+
+def test_a_vendor_series_imports_and_round_trips_on_the_real_tree(project: Path, pristine: PristineTree,
+                                                                   tmp_path: Path) -> None:
+    """Seven format-patch mails as a vendor makes them (numbered, diffstat, short index, signature, cover
+    letter) on the real tree: every kind of change goes in canonically, and a re-send changes nothing."""
+    from vendor_series import Spec, make_series
+
+    spec = Spec(multi_hunk="vllm/logger.py", deleted="vllm/py.typed",
+                renamed=("benchmarks/backend_request_func.py", "benchmarks/request_func_renamed.py"),
+                mode="vllm/utils/numa_wrapper.sh", binary="vllm/flagos_vendor_kernel.bin",
+                crlf="vllm/config/fault_tolerance.py")
+    common = [p.path for p in patches.stack_info("cpu").patches if p.part == "common"]
+    files, vendor_tree = make_series(pristine.repo, pristine.commit, tmp_path / "clone", tmp_path / "drop", spec,
+                                     common)
+    assert len(files) == 8
+    result = patches.import_series("cpu", tmp_path / "drop")
+    assert len(result.files) == 7 and result.skipped[0].startswith("0000-cover-letter.patch")
+    assert all("diffstat dropped" in f.notes for f in result.files)
+    checked = patches.check()
+    assert all(r.problems == () for r in checked) and checked[-1].patches == len(common) + 7
+    git.git(["-C", str(project), "add", "-A"])
+    git.git(["-C", str(project), "commit", "-q", "-m", "vendor series"])
+    assert patches.import_series("cpu", tmp_path / "drop").written == ()
+    assert status(project) == ""
+    patches.patch("cpu")
+    ws = Repo.at(patches.workspace_dir("cpu"))
+    assert ws.tree_of("HEAD") == vendor_tree
+    assert patches.export("cpu").written == () and status(project) == ""

@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,7 +90,7 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def phase(title: str) -> Iterator[None]:
     """A header before a stage and its duration after it."""
-    width = min(shutil.get_terminal_size((80, 24)).columns, 120) if _tty() else 80
+    width = min(os.get_terminal_size(sys.stderr.fileno()).columns, 120) if _tty() else 80
     side = max(2, (width - len(title) - 2) // 2)
     _plain(f"{'─' * side} {title} {'─' * max(2, width - side - len(title) - 2)}", "bold")
     start = time.monotonic()
@@ -105,6 +103,8 @@ def phase(title: str) -> Iterator[None]:
 
 
 def new_log(name: str) -> Path:
+    from datetime import UTC, datetime
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return paths.logs_dir() / f"{stamp}-{name}.log"
 

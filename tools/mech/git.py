@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -303,6 +302,8 @@ class Repo:
         index_file.unlink(missing_ok=True)
         try:
             if seed_index is not None and seed_index.exists():
+                import shutil
+
                 shutil.copyfile(seed_index, index_file)
             other.run("add", "--all", *(["--force"] if include_ignored else []), "--", ".", env=env)
             if also:
@@ -318,14 +319,18 @@ class Repo:
     # --- work tree ----------------------------------------------------------------------------------
 
     def status(self, *, untracked: bool = True) -> list[StatusEntry]:
+        """Changed and (with `untracked`) untracked files, each untracked file listed. A clean tree costs
+        one quick pass: untracked folders are first found whole (the untracked cache answers that mode)
+        and listed file by file only when there are some."""
         args = ["status", "--porcelain=v1", "-z", "--no-renames", "--ignore-submodules=none"]
-        args.append("--untracked-files=all" if untracked else "--untracked-files=no")
-        raw = self.run(*args).stdout
-        entries: list[StatusEntry] = []
-        for item in raw.split("\0"):
-            if item:
-                entries.append(StatusEntry(item[:2], item[3:]))
+        entries = self._status(*args, "--untracked-files=normal" if untracked else "--untracked-files=no")
+        if untracked and any(e.code == "??" and e.path.endswith("/") for e in entries):
+            entries = self._status(*args, "--untracked-files=all")
         return entries
+
+    def _status(self, *args: str) -> list[StatusEntry]:
+        raw = self.run(*args).stdout
+        return [StatusEntry(item[:2], item[3:]) for item in raw.split("\0") if item]
 
     def operation_in_progress(self) -> str | None:
         """The name of an unfinished am/rebase/merge/cherry-pick/revert, if any."""
@@ -341,6 +346,15 @@ class Repo:
     def checkout_branch(self, branch: str, rev: str) -> None:
         """Point `branch` at `rev` and make the work tree match it, discarding tracked changes."""
         self.run("checkout", "--quiet", "--force", "-B", branch, rev)
+
+    def fast_forward_tree(self, rev: str, message: str = "flagrelease") -> None:
+        """Move the current branch from HEAD to `rev`, writing only the files that differ (a two-way
+        read-tree, no full refresh). Only for a clean work tree: the caller has checked for edits."""
+        branch = self.current_branch()
+        if branch is None:
+            raise GitError(["read-tree"], 1, "", "HEAD is detached")
+        self.run("read-tree", "-m", "-u", "HEAD", rev)
+        self.update_ref(f"refs/heads/{branch}", rev, message=message)
 
     def reset_hard(self, rev: str) -> None:
         self.run("reset", "--quiet", "--hard", rev)

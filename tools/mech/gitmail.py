@@ -194,18 +194,19 @@ def shape(data: bytes) -> Shape:
         elif not lines[i].startswith((b" ", b"\t")):
             break
         i += 1
+    last = len(lines) - (1 if lines and not lines[-1] else 0)  # the last line that holds something
     mail = b"from" in headers and b"subject" in headers and (i >= len(lines) or not lines[i].rstrip(b"\r"))
     if mail:
         found = _diff_start(lines, i)
         if found is None:
-            return Shape("empty-mail", len(lines), "the mail has a message but no diff")
+            return Shape("empty-mail", last, "the mail has a message but no diff")
         return Shape("mail", found + 1, "git mail")
     found = _diff_start(lines, 0)
     if found is not None:
         missing = [h for h in ("From", "Subject") if h.lower().encode() not in headers]
         return Shape("diff", found + 1, f"a diff without mail headers (no {' or '.join(missing)}: line)")
     if head or headers:
-        return Shape("empty-mail", len(lines), "mail headers but neither a complete header block nor a diff")
+        return Shape("empty-mail", last, "mail headers but neither a complete header block nor a diff")
     return Shape("none", 1, "neither mail headers (From:, Subject:) nor a diff (diff --git, ---/+++/@@)")
 
 

@@ -13,20 +13,16 @@ import fcntl
 import json
 import os
 import re
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tools.core import paths
 from tools.core.errors import UserError
 from tools.mech import git
 from tools.mech.console import info
 from tools.mech.download import download_verified
-from tools.mech.gitimport import import_files
 
 if TYPE_CHECKING:
     from tools.core.lock import Lock, Upstream
@@ -168,6 +164,9 @@ def fetch_source(lock: Lock, *, mode: str | None = None, git_timeout: float | No
 
 
 def _materialise_git(up: Upstream, timeout: float) -> PristineTree:
+    import shutil  # the cold path only: the warm commands skip these imports
+    import tempfile
+
     stem = _stem(up, "git")
     work = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=src_dir()))
     try:
@@ -204,10 +203,14 @@ def unpack_sdist(archive: Path, top: str, dest: Path) -> int:
     archive's owners (files belong to whoever unpacks, also as root) and group/other write bits.
     One streaming pass: a random-access tarfile would decompress the archive twice.
     """
+    import shutil
+    import tarfile  # only when unpacking
+    import tempfile
+
     work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
     files = 0
 
-    def checked(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    def checked(member: Any, path: str) -> Any:
         nonlocal files
         if member.name.split("/", 1)[0] != top:
             raise UserError(f"{archive.name} does not hold one folder {top}/ (found {member.name})",
@@ -241,6 +244,9 @@ def _check_sdist_commit(files: Path, up: Upstream) -> None:
 
 
 def _materialise_sdist(up: Upstream) -> PristineTree:
+    import shutil  # the cold path only: the warm commands skip these imports
+    import tempfile
+
     stem = _stem(up, "sdist")
     filename = up.sdist_url.rsplit("/", 1)[-1]
     archive = download_verified(up.sdist_url, downloads_dir() / filename, up.sdist_sha256)
@@ -264,6 +270,8 @@ def _materialise_sdist(up: Upstream) -> PristineTree:
 def import_tree(files: Path, repo_dir: Path, message: str) -> str:
     """A new bare repository at `repo_dir` whose PRISTINE_BRANCH is one commit of exactly `files`.
     The commit id depends only on the files and `message` (fixed author, committer and date)."""
+    from tools.mech.gitimport import import_files
+
     repo = git.init(repo_dir, bare=True)
     # Every file, also those upstream's .gitignore lists (the sdist ships vllm/_version.py, egg-info).
     commit = import_files(repo, files, ref=PRISTINE_BRANCH, message=message, author=BASE_AUTHOR)
@@ -273,6 +281,8 @@ def import_tree(files: Path, repo_dir: Path, message: str) -> str:
 
 def _publish(stem: str, up: Upstream, origin: Origin, pin: str, files: Path, repo: Path,
              commit: str) -> PristineTree:
+    import shutil
+
     final_files = src_dir() / stem
     final_repo = src_dir() / f"{stem}.git"
     for stale in (final_files, final_repo):

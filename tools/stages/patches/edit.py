@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import tools.stages.patches.canonical as canonical
 from tools.core.errors import UserError
 from tools.mech import gitmail
 from tools.mech.console import warn
@@ -37,6 +35,7 @@ from tools.stages.patches.workspace import (
     _failure_error,
     _refuse_busy,
     _remove_stamp,
+    _Unverified,
     _write_stamp,
     apply_stack,
     find_edits,
@@ -76,32 +75,44 @@ def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
     assert repo is not None and repo.work_tree is not None
     _refuse_busy(repo, vendor)
     state = WorkspaceState.load(repo, vendor, pristine.commit)
-    head = repo.head()
-    edits = find_edits(repo, state, pristine.commit)
-    if not edits and state.complete and state.stack_hash == stack.stack_hash and head == state.tip \
-            and repo.current_branch() == BRANCH:
-        _write_stamp(repo, stack)
-        return PatchResult(vendor, repo.work_tree, stack, len(stack.patches), changed=False)
-    if edits:
-        raise UserError(
-            f"the {vendor} workspace has edits that are not in the stack; patching would discard them",
-            where=f"{repo.work_tree}\n  {edits.describe()}",
-            fix=f"keep them as patches: commit them, then `python -m tools export-patches --vendor {vendor}`; "
-                f"or save them on a backup ref: `python -m tools unpatch --vendor {vendor} --backup`",
-        )
-    _remove_stamp(repo)
-    if head != pristine.commit or repo.current_branch() != BRANCH:
+    head, branch = repo.head(), repo.current_branch()
+    same = state.complete and state.stack_hash == stack.stack_hash and head == state.tip and branch == BRANCH
+    at_pristine = head == pristine.commit and branch == BRANCH
+    if same or not at_pristine:  # going back to pristine first would discard edits: look for them
+        edits = find_edits(repo, state, pristine.commit)
+        if same and not edits:
+            _write_stamp(repo, stack)
+            return PatchResult(vendor, repo.work_tree, stack, len(stack.patches), changed=False)
+        if edits:
+            raise _edits_error(repo, vendor, edits)
         repo.checkout_branch(BRANCH, pristine.commit)
+    _remove_stamp(repo)
     try:
-        applied = apply_stack(repo, stack.patches)
+        try:
+            # At pristine nothing is discarded: `git am` keeps edits and stops when one is in its way.
+            applied = apply_stack(repo, stack.patches, clean=not at_pristine)
+        except _Unverified:  # it stopped; am --abort left pristine and the edits: which was it?
+            edits = find_edits(repo, state, pristine.commit)
+            if edits:
+                raise _edits_error(repo, vendor, edits) from None
+            applied = apply_stack(repo, stack.patches)
     except _Failed as failed:
         WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), False,
-                       {sha: p.relpath for sha, p in failed.failure.applied}).save(repo)
+                       {sha: p.relpath for sha, p in failed.failure.applied}, stack.removes).save(repo)
         raise _failure_error(failed.failure, repo, vendor, stack) from None
     WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), True,
                    {sha: p.relpath for sha, p in applied}, stack.removes).save(repo)
     _write_stamp(repo, stack)
     return PatchResult(vendor, repo.work_tree, stack, len(applied), changed=True)
+
+
+def _edits_error(repo: Repo, vendor: str, edits: Edits) -> UserError:
+    return UserError(
+        f"the {vendor} workspace has edits that are not in the stack; patching would discard them",
+        where=f"{repo.work_tree}\n  {edits.describe()}",
+        fix=f"keep them as patches: commit them, then `python -m tools export-patches --vendor {vendor}`; "
+            f"or save them on a backup ref: `python -m tools unpatch --vendor {vendor} --backup`",
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +142,11 @@ def unpatch(vendor: str, *, backup: bool = False, lock: Lock | None = None) -> U
         )
     ref = _backup(repo, vendor, edits) if edits else None
     stamp = repo.work_tree / STAMP_MODULE
-    changed = bool(edits) or head != pristine.commit or stamp.exists() or repo.current_branch() != BRANCH
-    if head != pristine.commit or repo.current_branch() != BRANCH or edits.changed:
+    branch = repo.current_branch()
+    changed = bool(edits) or head != pristine.commit or stamp.exists() or branch != BRANCH
+    if not edits and branch == BRANCH and head != pristine.commit:
+        repo.fast_forward_tree(pristine.commit, message="flagrelease unpatch")  # clean: only the stack's files
+    elif head != pristine.commit or branch != BRANCH or edits.changed:
         repo.checkout_branch(BRANCH, pristine.commit)
     if edits.untracked:
         repo.clean_untracked()  # saved on the backup ref above
@@ -145,6 +159,8 @@ def _backup(repo: Repo, vendor: str, edits: Edits) -> str:
     assert repo.work_tree is not None
     head = repo.head()
     assert head is not None
+    from datetime import UTC, datetime
+
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     ref = f"{BACKUP_PREFIX}/{vendor}/{stamp}"
     taken = set(repo.refs(f"{BACKUP_PREFIX}/{vendor}/"))
@@ -210,6 +226,8 @@ def export(vendor: str, *, new_into: str = "vendor", lock: Lock | None = None) -
         )
     if edits.untracked:
         warn("untracked files are not exported: " + "; ".join(e.path for e in edits.untracked[:_SHOWN]))
+    import tools.stages.patches.canonical as canonical  # export only
+
     commits = repo.rev_list(f"{base}..{head}")
     parts = _classify(repo, commits, state, vendor, new_into)
     written: list[str] = []

@@ -21,7 +21,6 @@ from typing import Any
 from tools import PROJECT_ROOT
 from tools.core import paths
 from tools.core.errors import UserError
-from tools.mech import age
 
 KEY_FILE_ENV = "FLAGREL_PATCH_KEY_FILE"
 KEY_ENV = "FLAGREL_PATCH_KEY"
@@ -40,6 +39,8 @@ class Keyring:
 
     @property
     def public_keys(self) -> list[str]:
+        from tools.mech import age
+
         return [age.public_key(i) for i in self.identities]
 
 
@@ -67,6 +68,8 @@ def _keyring(key_file: str | None, key_set: bool) -> Keyring | None:
         text, source = os.environ.get(KEY_ENV, ""), KEY_ENV
     else:
         return None
+    from tools.mech import age
+
     try:
         return Keyring(tuple(age.parse_identities(text)), source)
     except age.AgeError as exc:
@@ -84,6 +87,8 @@ def recipients_file(folder: Path) -> Path:
 
 
 def recipients(folder: Path) -> list[str]:
+    from tools.mech import age
+
     path = recipients_file(folder)
     if not path.is_file():
         return []
@@ -109,6 +114,8 @@ def decrypt(path: Path, data: bytes, sha256: str) -> bytes:
     """The plaintext of an encrypted patch; Unreadable when there is no key or it does not fit."""
     if sha256 in _PLAIN:
         return _PLAIN[sha256]
+    from tools.mech import age
+
     ring = keyring()
     if ring is None:
         raise Unreadable(f"no key: {needed_key(path.parent)}")
@@ -134,4 +141,6 @@ def encrypt_for(folder: Path, plaintext: bytes, name: str) -> bytes:
                             fix=f"list the age public keys (age1...) in {recipients_file(folder)}, "
                                 f"or set {KEY_FILE_ENV}")
         listed = ring.public_keys
+    from tools.mech import age
+
     return age.encrypt(plaintext, listed)

@@ -15,7 +15,6 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import format_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,6 +135,8 @@ def _out_name(source: str) -> str:
 def _diff_date(data: bytes) -> str | None:
     stamps = [datetime.strptime(f"{d.decode()} {z.decode()}", "%Y-%m-%d %H:%M:%S %z")
               for d, z in _TIMESTAMP.findall(data)]
+    from email.utils import format_datetime  # email.utils pulls in socket: only when a diff is converted
+
     return format_datetime(max(stamps)) if stamps else None
 
 

@@ -104,7 +104,7 @@ def open_workspace(vendor: str, pristine: PristineTree, *, create: bool) -> Repo
     path = workspace_dir(vendor)
     if (path / ".git").is_dir():
         repo = Repo.at(path)
-        base = repo.rev_parse(BASE_REF)
+        base = repo.ref(BASE_REF)
         if base != pristine.commit:
             raise UserError(
                 f"workspace {path} was made from another upstream tree (base {str(base)[:12]}); the lock now "
@@ -237,10 +237,16 @@ def stack_mails(patches: Sequence[PatchFile]) -> list[bytes]:
     return out
 
 
-def apply_stack(repo: Repo, patches: Sequence[PatchFile]) -> list[tuple[str, PatchFile]]:
+class _Unverified(Exception):
+    """`git am` stopped on a work tree nobody checked for edits; it was aborted (edits kept)."""
+
+
+def apply_stack(repo: Repo, patches: Sequence[PatchFile], *, clean: bool = True) -> list[tuple[str, PatchFile]]:
     """Commit each patch on top of HEAD (one `git am`, mails on stdin: an encrypted patch's plaintext
     goes nowhere but the repository). On failure HEAD stays at the last patch that applied, the work
-    tree is clean, and _Failed names the patch, the file, the hunk and what git said."""
+    tree is clean, and _Failed names the patch, the file, the hunk and what git said. `clean=False`: the
+    work tree may hold edits, so a failure only aborts the am (HEAD and files as before) and raises
+    _Unverified."""
     if not patches:
         return []
     before = repo.head()
@@ -250,6 +256,9 @@ def apply_stack(repo: Repo, patches: Sequence[PatchFile]) -> list[tuple[str, Pat
     applied = list(zip(commits, patches, strict=False))
     if proc.returncode == 0 and len(commits) == len(patches):
         return applied
+    if not clean:
+        repo.am_abort()
+        raise _Unverified()
     repo.am_quit()
     repo.reset_hard("HEAD")
     failed = len(commits)
