@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import nox
+import nox.command
+import nox.logger
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".nox" / "flagrelease"
@@ -36,9 +39,36 @@ def _python(session: nox.Session) -> str:
     return str(python)
 
 
+# Ctrl-C reaches nox and the tool together. nox waits INTERRUPT_S for the tool to finish on its own, then sends
+# SIGTERM and waits TERMINATE_S more before SIGKILL: the tool uses that time to remove containers and the
+# temporary folders that hold secrets (nox's defaults, 0.3 s and 0.2 s, cut every cleanup short).
+INTERRUPT_S = 10.0
+TERMINATE_S = 30.0
+# credentials inside URLs: user:secret@ and secret-looking query parameters
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+_URL_SECRET_PARAM = re.compile(r"(?i)(://[^\s]*[?&][a-z_]*(?:token|password|passwd|secret|key|auth|sig)[a-z_]*=)[^&\s]+")
+
+
+def _masked(arg: str) -> str:
+    """An argument with the credentials inside URLs replaced by ***. nox echoes the command line (also when it
+    fails), so a secret must not even reach it; the tool refuses a masked URL just as it refuses one with a
+    real token, and says to pass it by environment variable or file instead."""
+    return _URL_SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", arg))
+
+
 def _tool(session: nox.Session, command: str) -> None:
+    """Run one tool command. Its exit code is the session's and nox's (README "Exit codes"): 0 ok, 1 a check
+    failed, 2 bad input/usage/environment, 130 interrupted. nox alone would turn every failure into 1."""
     env = {"PYTHONUNBUFFERED": "1"}
-    session.run(_python(session), "-m", "tools", command, *session.posargs, external=True, env=env)
+    argv = [_python(session), "-m", "tools", command, *map(_masked, session.posargs)]
+    try:
+        session.run(*argv, external=True, env=env, interrupt_timeout=INTERRUPT_S, terminate_timeout=TERMINATE_S)
+    except nox.command.CommandFailed as exc:
+        code = exc.return_code if exc.return_code is not None else 1
+        nox.logger.logger.error(f"Session {session.name} failed with exit code {code}")
+        # SystemExit passes through nox's session runner: nox exits with the tool's code (and, like
+        # --stop-on-first-error, runs no later session)
+        raise SystemExit(code) from None
 
 
 @nox.session(name="fetch-source")

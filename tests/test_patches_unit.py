@@ -312,7 +312,7 @@ def test_unpatch_refuses_to_discard_edits(env: Env, kind: str) -> None:
     with pytest.raises(UserError) as err:
         patches.unpatch("nvidia")
     assert "never discards" in err.value.what
-    assert "export-patches --vendor nvidia" in (err.value.fix or "")
+    assert "nox -s export-patches -- --vendor nvidia" in (err.value.fix or "")
     assert "--backup" in (err.value.fix or "")
     expected = {"uncommitted": "vllm/plugins.py", "untracked": "vllm/my_new_module.py", "commit": "my own commit"}
     assert expected[kind] in (err.value.where or "")
@@ -516,7 +516,7 @@ def test_a_patch_that_does_not_apply_names_patch_file_and_hunk(env: Env) -> None
     assert "vllm/nvidia/0001-nvidia-tune-a-line.patch does not apply" in err.value.what
     assert "vllm/__init__.py" in err.value.what and "hunk #1 (@@ -3,7 +3,7 @@" in err.value.what
     assert "last patch that applied (2 of 3: vllm/common/0002-common-add-a-module.patch)" in message
-    assert "am --3way --keep-cr" in message and "export-patches --vendor nvidia" in message
+    assert "am --3way --keep-cr" in message and "nox -s export-patches -- --vendor nvidia" in message
     repo = env.repo("nvidia")
     assert repo.operation_in_progress() is None
     assert repo.status() == []

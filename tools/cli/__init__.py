@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
-from tools.core.errors import UserError
+from tools.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError
 from tools.mech.console import fail_exit, stderr_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,8 +42,42 @@ def commands() -> dict[str, tuple[str, str]]:
     return {**COMMANDS, **builds}
 
 
+@contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that temporary secrets and containers are cleaned up; once unwinding,
+    further SIGINT/SIGTERM are ignored so that the cleanup itself is not cut short (SIGKILL still ends it)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    try:
+        for sig in previous:
+            signal.signal(sig, unwind)
+    except ValueError:  # not the main thread (tests calling main() from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with _signals_unwind():
+            return _main(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, after every cleanup on the way out ran
+        what = str(exc) or "SIGINT"
+        stderr_line(f"interrupted ({what}): temporary files and containers were cleaned up; exit {EXIT_INTERRUPTED}")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str]) -> int:
     try:
         known = commands()
         if not argv or argv[0] in {"-h", "--help"} or argv[0] not in known:
@@ -47,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr_line("usage: python -m tools COMMAND [--help] ...\n\ncommands:")
             for name, (_, summary) in known.items():
                 stderr_line(f"  {name:<{width}}  {summary}")
-            return 0 if argv and argv[0] in {"-h", "--help"} else 2
+            return 0 if argv and argv[0] in {"-h", "--help"} else EXIT_USAGE
         name, rest = argv[0], argv[1:]
         module = importlib.import_module(known[name][0])
         parser = argparse.ArgumentParser(prog=f"nox -s {name} --", description=known[name][1])
@@ -56,6 +94,3 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.command(name, args) or 0)
     except UserError as err:
         return fail_exit(err)
-    except KeyboardInterrupt:
-        stderr_line("interrupted")
-        return 130

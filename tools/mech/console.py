@@ -164,7 +164,7 @@ def print_tail(result: RunResult, count: int = 25) -> None:
 
 def fail_exit(err: UserError) -> int:
     _plain(err.render(), "red")
-    return 2
+    return err.exit_code
 
 
 def stderr_line(text: str) -> None:

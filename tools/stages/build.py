@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tools import PROJECT_ROOT
 from tools.core import labels as L
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed, UserError
 from tools.core.labels import local_image
 from tools.mech import docker
 from tools.mech.console import RunResult, info, new_log, print_tail, redact
@@ -154,7 +154,7 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
         if result.returncode != 0:
             step = failing_step(result.tail) or "(see log)"
             print_tail(result)
-            raise UserError(f"image build failed at step {step}", where=str(log),
+            raise CheckFailed(f"image build failed at step {step}", where=str(log),
                             fix="read the step's output above; rerun with --no-cache if a cached layer is stale")
         image_id = iidfile.read_text().strip()
     info(f"  image {image_id[:19]} tagged {plan.local_ref} and {key_ref}")

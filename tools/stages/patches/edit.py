@@ -110,8 +110,8 @@ def _edits_error(repo: Repo, vendor: str, edits: Edits) -> UserError:
     return UserError(
         f"the {vendor} workspace has edits that are not in the stack; patching would discard them",
         where=f"{repo.work_tree}\n  {edits.describe()}",
-        fix=f"keep them as patches: commit them, then `python -m tools export-patches --vendor {vendor}`; "
-            f"or save them on a backup ref: `python -m tools unpatch --vendor {vendor} --backup`",
+        fix=f"keep them as patches: commit them, then `nox -s export-patches -- --vendor {vendor}`; "
+            f"or save them on a backup ref: `nox -s unpatch -- --vendor {vendor} --backup`",
     )
 
 
@@ -137,8 +137,8 @@ def unpatch(vendor: str, *, backup: bool = False, lock: Lock | None = None) -> U
         raise UserError(
             f"the {vendor} workspace has edits that are not in the stack; unpatch never discards them",
             where=f"{repo.work_tree}\n  {edits.describe()}",
-            fix=f"keep them as patches: commit them, then `python -m tools export-patches --vendor {vendor}`; "
-                f"or save them on a backup ref and unpatch: `python -m tools unpatch --vendor {vendor} --backup`",
+            fix=f"keep them as patches: commit them, then `nox -s export-patches -- --vendor {vendor}`; "
+                f"or save them on a backup ref and unpatch: `nox -s unpatch -- --vendor {vendor} --backup`",
         )
     ref = _backup(repo, vendor, edits) if edits else None
     stamp = repo.work_tree / STAMP_MODULE
@@ -198,7 +198,7 @@ def export(vendor: str, *, new_into: str = "vendor", lock: Lock | None = None) -
     repo = open_workspace(vendor, pristine, create=False)
     if repo is None or repo.work_tree is None:
         raise UserError(f"no {vendor} workspace to export", where=str(workspace_dir(vendor)),
-                        fix=f"run `python -m tools patch --vendor {vendor}` first")
+                        fix=f"run `nox -s patch -- --vendor {vendor}` first")
     _refuse_busy(repo, vendor)
     base = pristine.commit
     state = WorkspaceState.load(repo, vendor, base)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import tools.stages.patches.canonical as canonical
 from tools.core import paths, vendors
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed, UserError
 from tools.mech.git import GitError, Repo, clone_local
 from tools.mech.gitmail import IndexAm, MailFailed
 from tools.stages.patches.stack import (
@@ -138,11 +138,11 @@ def check(names: Sequence[str] = (), *, lock: Lock | None = None) -> list[Vendor
                                        time.monotonic() - start, tuple(problems), tuple(unchecked)))
     bad = [f"{r.vendor}: {p}" for r in results for p in r.problems]
     if bad:
-        raise UserError(
+        raise CheckFailed(
             f"{len(bad)} problem(s) in the patch stacks:\n  - " + "\n  - ".join(bad),
             where=str(stack_root()),
-            fix="a patch that does not apply: `python -m tools patch --vendor V` shows the next steps; "
-                "drift: `python -m tools patch --vendor V` then `export-patches --vendor V` rewrites the files; "
+            fix="a patch that does not apply: `nox -s patch -- --vendor V` shows the next steps; "
+                "drift: `nox -s patch -- --vendor V` then `export-patches --vendor V` rewrites the files; "
                 "a vendor's own series: `nox -s import-patches -- --vendor V DIR`; a file not in the series: "
                 "add it to the series or delete it",
         )
@@ -187,8 +187,8 @@ def _make_tree(pristine: PristineTree, stack: StackInfo, dest: Path, vendor: str
     try:
         apply_stack(repo, stack.patches)
     except _Failed as failed:
-        raise UserError(failed.failure.describe(), where=str(failed.failure.patch.path),
-                        fix=f"run `python -m tools patch --vendor {vendor}` for the next steps") from None
+        raise CheckFailed(failed.failure.describe(), where=str(failed.failure.patch.path),
+                          fix=f"run `nox -s patch -- --vendor {vendor}` for the next steps") from None
     _write_stamp(repo, stack)
 
 

@@ -110,8 +110,8 @@ def open_workspace(vendor: str, pristine: PristineTree, *, create: bool) -> Repo
                 f"workspace {path} was made from another upstream tree (base {str(base)[:12]}); the lock now "
                 f"gives {pristine.label}",
                 where=str(path),
-                fix=f"keep your work (`python -m tools export-patches --vendor {vendor}` or "
-                    f"`python -m tools unpatch --vendor {vendor} --backup`), then move {path} away and patch again",
+                fix=f"keep your work (`nox -s export-patches -- --vendor {vendor}` or "
+                    f"`nox -s unpatch -- --vendor {vendor} --backup`), then move {path} away and patch again",
             )
         _configure(repo)
         return repo
@@ -346,5 +346,5 @@ def _failure_error(failure: ApplyFailure, repo: Repo, vendor: str, stack: StackI
             steps.append(f"3. apply the rest: git -C {ws} am --3way --keep-cr " + " ".join(str(p.path) for p in rest))
         else:
             steps.append("3. apply the rest, one at a time: " + "; ".join(feed(p) for p in rest))
-    steps.append(f"{len(steps)}. write the fixed stack back: python -m tools export-patches --vendor {vendor}")
+    steps.append(f"{len(steps)}. write the fixed stack back: nox -s export-patches -- --vendor {vendor}")
     return UserError(failure.describe(), where=f"{failure.patch.path} -> {ws}", fix="\n         ".join(steps))
