@@ -84,7 +84,7 @@ def test_card_has_the_release_note_sections(name):
         assert question["q"] in text
     # the environment table carries the recipe's rows and the record's versions
     for key, value in recipe.card.environment.items():
-        assert f"| {key} | {value} |" in text
+        assert f"| {card.md(key)} | {card.md(value)} |" in text
     assert "| vLLM | Version: 0.32.0 (commit 0123456789ab) |" in text
     assert "| FlagGems | Version: 5.0.2 |" in text
     assert "{{" not in text and "{%" not in text
@@ -178,18 +178,17 @@ def test_template_is_strict_about_missing_values():
     recipe, _ = load_recipe("tiny-cpu")
     ctx = card.context(recipe, sample_record("tiny-cpu"))
     del ctx["served_model_name"]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card.TEMPLATES)),
-                             undefined=jinja2.StrictUndefined, autoescape=False)
     with pytest.raises(jinja2.UndefinedError):
-        env.get_template("model_card.md.j2").render(**ctx)
+        card.environment().get_template("model_card.md.j2").render(**ctx)
 
 
 def test_record_and_card_are_written_under_build_releases(build_dir):
     recipe, _ = load_recipe("tiny-cpu")
     record = sample_record("tiny-cpu")
     record_path, card_path = write_release(record, card.render_card(recipe, record))
-    assert record_path.parent == release_dir("tiny-cpu", record.immutable_tag)
-    assert record_path.parent == build_dir / "releases" / "tiny-cpu" / record.immutable_tag
+    assert record_path.parent == release_dir(record.registry, record.repository, record.immutable_tag)
+    assert record_path.parent == (build_dir / "releases" / "registry.example.com" / "flagrelease" / "flagrelease"
+                                  / record.immutable_tag)
     assert load_record(record_path) == record
     data = json.loads(record_path.read_text())
     for key in ("recipe", "vendor", "versions", "patch_stack", "tags", "tests", "host", "times"):

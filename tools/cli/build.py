@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from tools import PROJECT_ROOT
 from tools.core import paths, vendors
 from tools.core.errors import UserError
+from tools.core.textfile import read_utf8
 from tools.mech.console import info, phase
 from tools.stages.plan import BuildOptions, plan_for
 from tools.stages.render import render_dockerfile
+
+ENV_INDEX_URL = "FLAGREL_INDEX_URL"
+ENV_EXTRA_INDEX_URLS = "FLAGREL_EXTRA_INDEX_URLS"
+_SECRET_KEY = re.compile(r"(?i)token|password|passwd|secret|key|auth|signature|sig$")
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -23,8 +31,13 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     net.add_argument("--ca-bundle", type=Path,
                      help="PEM bundle trusted by pip in the build (a BuildKit secret; default: $PIP_CERT, "
                           "$SSL_CERT_FILE or $REQUESTS_CA_BUNDLE when set)")
-    net.add_argument("--index-url", help="pip index URL (may carry a token: passed as a secret, never logged)")
-    net.add_argument("--extra-index-url", action="append", default=[], help="extra pip index URL (repeatable)")
+    net.add_argument("--index-url", help=f"pip index URL without credentials (one with a token: ${ENV_INDEX_URL} or "
+                                         "--index-url-file; it reaches the build as a secret, never a log or layer)")
+    net.add_argument("--index-url-file", type=Path, metavar="FILE",
+                     help="file whose first line is the pip index URL (may carry a token)")
+    net.add_argument("--extra-index-url", action="append", default=[],
+                     help=f"extra pip index URL without credentials (repeatable; with a token: "
+                          f"${ENV_EXTRA_INDEX_URLS})")
     net.add_argument("--wheelhouse", action="append", type=Path, default=[],
                      help="local wheel folder for wheels no index has (default: $PIP_FIND_LINKS)")
     if name == "render":
@@ -39,14 +52,54 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="with --push: start (once) and use an authenticated registry on 127.0.0.1:5000")
 
 
+def _no_credentials(flag: str, url: str, env_var: str) -> str:
+    """A URL given on the command line is seen by `ps`, shell history and nox's echo: it must hold no secret."""
+    parts = urlsplit(url)
+    secret_query = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)]
+    if parts.username or parts.password or secret_query:
+        shown = parts._replace(netloc=parts.hostname or "", query="").geturl()
+        raise UserError(
+            f"{flag} carries credentials ({'user:token@' if parts.username else 'a token in the query'}) on the "
+            f"command line, where `ps`, shell history and session logs show them: {shown} (credentials not shown)",
+            where=flag,
+            fix=f"pass it in the environment: export {env_var}='https://USER:TOKEN@host/simple' (in CI from a secret)"
+                + (", or put the URL in a file only you can read and pass --index-url-file FILE"
+                   if flag == "--index-url" else "; several URLs are separated by spaces"),
+        )
+    return url
+
+
+def _index_urls(args: argparse.Namespace) -> tuple[str | None, tuple[str, ...]]:
+    """Index URLs: credential-free ones from flags; ones with tokens from a file or the environment."""
+    index = args.index_url and _no_credentials("--index-url", args.index_url, ENV_INDEX_URL)
+    if args.index_url_file is not None:
+        if index:
+            raise UserError("--index-url and --index-url-file both name the index", where="--index-url-file",
+                            fix="keep one of them")
+        try:
+            lines = [ln.strip() for ln in read_utf8(args.index_url_file, what="index URL file").splitlines()]
+        except FileNotFoundError as exc:
+            raise UserError(f"index URL file {args.index_url_file} not found", where="--index-url-file",
+                            fix="give a file whose first line is the index URL") from exc
+        index = next((ln for ln in lines if ln and not ln.startswith("#")), None)
+        if not index:
+            raise UserError(f"{args.index_url_file} holds no URL", where="--index-url-file",
+                            fix="write the index URL on its first line")
+    index = index or os.environ.get(ENV_INDEX_URL) or None
+    extra = [_no_credentials("--extra-index-url", u, ENV_EXTRA_INDEX_URLS) for u in args.extra_index_url]
+    extra += os.environ.get(ENV_EXTRA_INDEX_URLS, "").split()
+    return index, tuple(extra)
+
+
 def options_from(args: argparse.Namespace) -> BuildOptions:
+    index, extra = _index_urls(args)
     return BuildOptions(
         base_image=args.base_image,
         no_cache=getattr(args, "no_cache", False),
         platforms=tuple(args.platform),
         ca_bundle=args.ca_bundle,
-        index_url=args.index_url,
-        extra_index_urls=tuple(args.extra_index_url),
+        index_url=index,
+        extra_index_urls=extra,
         wheelhouse=tuple(args.wheelhouse),
     )
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tools.core.errors import UserError
 from tools.core.recipe import load_recipe
+from tools.core.refs import parse_image_ref
 from tools.stages.op_tests import run_op_tests
 
 
@@ -27,6 +28,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 def command(name: str, args: argparse.Namespace) -> int:
     recipe, _ = load_recipe(args.recipe)
+    if args.image:
+        parse_image_ref(args.image, where="--image")
     if args.python and not args.host:
         raise UserError("--python only applies with --host", fix="add --host, or drop --python")
     ok = run_op_tests(recipe, image=args.image, host=args.host, out=args.out, ops=args.ops, dtypes=args.dtypes,

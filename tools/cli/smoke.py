@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tools.core.labels import local_image
 from tools.core.recipe import load_recipe
+from tools.core.refs import parse_image_ref
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,8 @@ def command(name: str, args: argparse.Namespace) -> int:
     from tools.stages.smoke import smoke
 
     recipe, path = load_recipe(args.recipe)
+    if args.image:
+        parse_image_ref(args.image, where="--image")
     report = smoke(recipe, args.image or local_image(recipe.name), model_dir=args.model_dir,
                    port=args.port, timeout_s=args.timeout, recipe_file=str(path))
     console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)

@@ -7,10 +7,11 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tools.core import paths, vendors
 from tools.core.errors import UserError
+from tools.core.refs import check_image_ref
 from tools.core.validation import to_user_error
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -23,6 +24,8 @@ ExactVersion = Annotated[
 ]
 HttpsUrl = Annotated[str, Field(pattern=r"^https://\S+$")]
 Platform = Literal["linux/amd64", "linux/arm64"]
+# an image reference by the strict grammar of tools/core/refs.py (it lands on a Dockerfile's FROM line)
+ImageName = Annotated[str, AfterValidator(check_image_ref)]
 # a vendor named in vendors.toml (tools/core/vendors.py checks the name against the table)
 Vendor = str
 
@@ -76,7 +79,7 @@ class RegistryBase(Strict):
     """A base image pulled from a registry, pinned by tag and digest."""
 
     kind: Literal["registry"] = "registry"
-    image: str
+    image: ImageName
     digest: Digest | None = None
     # Where no digest could be read yet: why. A build then refuses unless --base-image names one.
     unresolved: str | None = None
@@ -96,7 +99,7 @@ class DebootstrapBase(Strict):
     """A base image made locally (no registry is reachable): debootstrap + docker import."""
 
     kind: Literal["debootstrap"]
-    image: str
+    image: ImageName
     suite: str
     variant: str
     mirror: HttpsUrl | Annotated[str, Field(pattern=r"^http://\S+$")]

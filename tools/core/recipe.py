@@ -7,22 +7,51 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.lock import Platform
-from tools.core.validation import to_user_error
+from tools.core.textfile import load_yaml
+from tools.core.validation import grammar, to_user_error
 
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
-TagName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
-EnvValue = str | int | float | bool
-JsonScalar = str | int | float | bool
+# Every value that reaches a Dockerfile, a command line, a generated script or a card has a grammar here;
+# where it lands it is also quoted for that place (shell, Python, YAML, Markdown: tools/stages/card.py).
+Name = grammar(r"[a-z0-9][a-z0-9._-]{0,63}", "a name (lower-case letters, digits, . _ -; at most 64)")
+TagName = grammar(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "a docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
+# what clients send as "model": Hugging Face style ids, plain names and paths (vLLM's default name)
+_COMPONENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+ServedName = grammar(rf"/?{_COMPONENT}(/{_COMPONENT}){{0,15}}",
+                     "a model name: components of letters, digits and . _ - joined by / (a path such as "
+                     "/models/NAME, vLLM's default, included)")
+ModelId = grammar(rf"{_COMPONENT}(/{_COMPONENT})?", "a model id (letters, digits, . _ -, at most one /)")
+# absolute paths without ':' (a docker -v separator), spaces, quotes or shell characters
+_PATH = r"/[A-Za-z0-9._/+@-]*"
+AbsPath = grammar(_PATH, "an absolute path of letters, digits and . _ / + @ - (no spaces, quotes or ':')")
+Mount = grammar(f"{_PATH}:{_PATH}(:ro|:rw)?", "HOST_PATH:CONTAINER_PATH[:ro|:rw] with absolute paths of letters, "
+                                              "digits and . _ / + @ -")
+EnvKey = grammar(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+# one line, no control characters, no backticks and no '${' (values land in argv, shell lines, Markdown
+# fences and FlagScale's YAML, where OmegaConf would resolve ${...})
+_TEXT = r"(?:[^\x00-\x1f\x7f`$]|\$(?!\{))"
+Line = grammar(rf"{_TEXT}*", "one line of text without control characters, backticks or '${'")
+# an engine argument's value must not read as another flag
+ArgValue = grammar(rf"(?:(?!-){_TEXT}{_TEXT}*)?",
+                   "one line without control characters, backticks or '${' that does not start with '-'")
+# card prose: one line of text (escaped as Markdown where it lands)
+Prose = grammar(r"[^\x00-\x1f\x7f]*", "one line of text without control characters", max_length=8192)
+HttpsUrl = grammar(r"https://[A-Za-z0-9._~:/?#@!$&*+,;=%-]+", "an https:// URL without spaces, quotes or brackets")
+OpName = grammar(r"[a-z][a-z0-9_]{0,63}", "an operator name ([a-z][a-z0-9_]*)")
+Title = grammar(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,127}", "a title (letters, digits, spaces and . _ ( ) + -)")
+Source = grammar(r"[a-z][a-z0-9_-]{0,31}", "'tiny', 'tiny-vl' or a hub name such as modelscope")
+EnvValue = Line | int | float | bool
+JsonScalar = Line | int | float | bool
+MappingKey = grammar(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", "a mapping key (letters, digits and _ . -)")
 # A mapping value, for the vLLM options that take JSON (e.g. limit_mm_per_prompt: {image: 18})
-EngineMapping = dict[str, JsonScalar | dict[str, JsonScalar]]
+EngineMapping = dict[MappingKey, JsonScalar | dict[MappingKey, JsonScalar]]
 # Engine arguments: FlagScale serve YAML keys (snake_case) mapped 1:1 to vLLM CLI flags.
-EngineArgs = dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], EnvValue | list[str] | EngineMapping]
+ArgKey = grammar(r"[a-z][a-z0-9_]*", "a snake_case engine argument ([a-z][a-z0-9_]*)")
+EngineArgs = dict[ArgKey, ArgValue | int | float | bool | list[ArgValue] | EngineMapping]
 # vLLM 0.32.0 options whose value it parses with json.loads (`vllm serve --help=limit-mm-per-prompt`):
 # `--limit-mm-per-prompt image=18`, the form FlagScale's examples and the notes write, exits with
 # "Value image=18 cannot be converted"; `--limit-mm-per-prompt '{"image":18}'` works.
@@ -38,13 +67,14 @@ class Strict(BaseModel):
 
 
 class Model(Strict):
-    id: str = Field(description="upstream model id, as the card names it")
-    source: str = Field(description="where weights come from: 'tiny' / 'tiny-vl' (made by the project: "
-                                    "tools/stages/tinymodel.py, tinyvl.py) or a hub")
-    path: str = Field(description="model directory inside the container")
-    host_path: str | None = Field(default=None, description="model directory on the host, mounted at path")
-    weights_url: str | None = None
-    download: str | None = Field(default=None, description="shell command users run to fetch the weights")
+    id: ModelId = Field(description="upstream model id, as the card names it")
+    source: Source = Field(description="where weights come from: 'tiny' / 'tiny-vl' (made by the project: "
+                                       "tools/stages/tinymodel.py, tinyvl.py) or a hub name (modelscope, ...)")
+    path: AbsPath = Field(description="model directory inside the container")
+    host_path: AbsPath | None = Field(default=None, description="model directory on the host, mounted at path")
+    weights_url: HttpsUrl | None = None
+    # a shell command the card shows as is (the recipe author's); one line, no backticks
+    download: Line | None = Field(default=None, description="shell command users run to fetch the weights")
 
 
 class FlagScaleServe(Strict):
@@ -59,7 +89,7 @@ class FlagScaleServe(Strict):
 
 
 class Serve(Strict):
-    served_model_name: str
+    served_model_name: ServedName
     port: int = Field(default=9010, ge=1024, le=65535)
     # how the release is served: the engine's own entrypoint, or `flagscale serve <example>` (the notes' way)
     launcher: Literal["engine", "flagscale"] = "engine"
@@ -67,7 +97,7 @@ class Serve(Strict):
     host: Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}$")] = "0.0.0.0"
     # what FlagScale's serve YAML carries under engine_args / engine_args_specific.vllm
     engine_args: EngineArgs = {}
-    env: dict[str, EnvValue] = {}
+    env: dict[EnvKey, EnvValue] = {}
     # machines the release spans, devices per machine and their kind (FlagScale hostfile `slots=`, `type=`)
     nnodes: int = Field(default=1, ge=1, le=64)
     nproc_per_node: int = Field(default=1, ge=1, le=64)
@@ -124,8 +154,8 @@ class RunProfile(Strict):
     """docker run facts that differ per release on top of the vendor's profile."""
 
     shm_size: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
-    mounts: tuple[Annotated[str, Field(pattern=r"^/[^:]*:/[^:]*(:ro|:rw)?$")], ...] = ()
-    env: dict[str, EnvValue] = {}
+    mounts: tuple[Mount, ...] = ()
+    env: dict[EnvKey, EnvValue] = {}
 
 
 class Build(Strict):
@@ -133,11 +163,11 @@ class Build(Strict):
     max_jobs: int = Field(default=2, ge=1)
     torch_cuda_arch_list: str | None = Field(default=None, pattern=r"^[0-9.+ ;]+$")
     flaggems: bool = True
-    flaggems_ops: tuple[str, ...] = ()
+    flaggems_ops: tuple[OpName, ...] = ()
 
 
 class SmokeTest(Strict):
-    prompt: str = "Say hello."
+    prompt: Annotated[str, Field(min_length=1, max_length=8192)] = "Say hello."
     max_tokens: int = Field(default=16, ge=1, le=4096)
     # vision-language releases: PNGs sent with the prompt (as image_url data URLs); with a declared
     # limit_mm_per_prompt image limit, a request with one image too many must get the engine's 400
@@ -145,7 +175,7 @@ class SmokeTest(Strict):
 
 
 class OpTests(Strict):
-    ops: tuple[str, ...] = ()
+    ops: tuple[OpName, ...] = ()
     dtypes: tuple[Literal["float16", "bfloat16", "float32"], ...] = ("float16", "bfloat16", "float32")
 
 
@@ -163,11 +193,11 @@ class Release(Strict):
 
 
 class Card(Strict):
-    title: str
-    intro: str = ""
-    environment: dict[str, str] = {}
-    benchmarks: list[dict[str, str | float | int]] = []
-    faq: list[dict[str, str]] = []
+    title: Title
+    intro: Prose = ""
+    environment: dict[Prose, Prose] = {}
+    benchmarks: list[dict[Prose, Prose | float | int]] = []
+    faq: list[dict[Literal["q", "a"], Prose]] = []
 
 
 class Recipe(Strict):
@@ -217,13 +247,7 @@ def load_recipe(name_or_path: str) -> tuple[Recipe, Path]:
             where=str(path),
             fix=f"use one of: {', '.join(available()) or '(none)'}, or give a path to a .yaml file",
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", exc)
-        raise UserError(f"recipe is not valid YAML: {problem}", where=where, fix=fix) from exc
+    data = load_yaml(path, what="recipe", fix=fix)
     if not isinstance(data, dict):
         raise UserError("recipe must be a YAML mapping", where=str(path), fix=fix)
     try:

@@ -1,12 +1,16 @@
 """Model card (README.md) from recipe + release record, in the shape of the FlagRelease release notes.
 
 The template is tools/templates/model_card.md.j2 (StrictUndefined: a missing value is an error, not an
-empty string). Commands in the card are built here from the same data the smoke test uses: the vendor
-run profile (tools/profiles.py) and the recipe's engine arguments (tools/recipe.engine_argv).
+empty string). Every value is made inert where it lands: Markdown-escaped in prose and tables, a code span
+in backticks, shell-quoted in commands, a JSON (= Python) string literal in the Python example,
+yaml.safe_dump in YAML. Commands in the card are built here from the same data the smoke test uses: the
+vendor run profile (tools/core/profiles.py) and the recipe's engine arguments (tools/core/recipe.engine_argv).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import jinja2
 
 from tools.core import vendors
+from tools.core.errors import UserError
 from tools.core.profiles import docker_run_flags
 from tools.core.recipe import Recipe, engine_argv
 from tools.stages import flagscale
@@ -108,6 +113,65 @@ def _arg_groups(argv: list[str]) -> list[list[str]]:
     return groups
 
 
+class Safe(str):
+    """Text already made inert for the place it lands in the card (quoted, escaped, or generated here)."""
+
+
+# inline Markdown that recipe text could open: emphasis, code, links, images, HTML, tables, strike-through
+_MD_INLINE = re.compile(r"[\\`*\[\]<>|!~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# block markers at a line's start: '>' always; '#', '+', '-', '=' before a space, the end or themselves (headings,
+# lists, rules); digits before '.' or ')' and a space (ordered lists)
+_MD_BLOCK_START = re.compile(r"^(\s*)(>|([#+=-])(?=\s|$|\3)|\d{1,9}(?=[.)](?:\s|$)))")
+
+
+def md(value: object) -> Safe:
+    """Plain text as Markdown that renders as exactly that text: one line, specials backslash-escaped."""
+    if isinstance(value, Safe):
+        return value
+    if isinstance(value, bool) or value is None:
+        return Safe(str(value))
+    if isinstance(value, int | float):
+        return Safe(str(value))
+    text = " ".join(str(value).splitlines())
+    text = _MD_INLINE.sub(lambda m: "\\" + m.group(), text.replace("&", "&amp;"))
+    # a line opening with a heading, quote, list or rule marker would start a block
+    text = _MD_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2) if not m.group(2)[0].isdigit()
+                               else m.group(1) + m.group(2) + "\\", text, count=1)
+    return Safe(text)
+
+
+def code(value: object) -> Safe:
+    """An inline code span holding exactly `value` (a fence longer than any backtick run inside it)."""
+    # one line; a '|' would split a table cell even inside a code span (GFM), so it is escaped
+    text = " ".join(str(value).splitlines()).replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or longest else ""
+    return Safe(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def block(value: object) -> Safe:
+    """A line inside a fenced code block: it must not be able to close the fence."""
+    text = str(value)
+    if "```" in text or "~~~" in text:
+        raise UserError(f"a value would close a code block of the model card: {text[:80]!r}",
+                        where="model card", fix="remove the backticks/tildes from the recipe value")
+    return Safe(text)
+
+
+def py(value: object) -> Safe:
+    """A Python string literal (JSON's escaping is valid Python): the value can never become code."""
+    return Safe(json.dumps(str(value)))
+
+
+def _row(cells: list[object]) -> Safe:
+    return Safe("| " + " | ".join(md(c) for c in cells) + " |")
+
+
+def table_lines(header: list[object], rows: list[list[object]]) -> list[Safe]:
+    return [_row(header), Safe("| " + " | ".join("---" for _ in header) + " |"), *(_row(r) for r in rows)]
+
+
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header: list[str] = []
     for row in rows:
@@ -119,9 +183,9 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("h") else "s")
 
 
-def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, str]]:
+def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[object, object]]:
     v = record.versions
-    rows = list(recipe.card.environment.items())
+    rows: list[tuple[object, object]] = list(recipe.card.environment.items())
     rows += [
         ("vLLM", f"Version: {v.vllm} (commit {v.vllm_commit[:12]})"),
         ("FlagOS patch stack", f"{record.patch_stack.stack_id} ({_count(len(record.patch_stack.files), 'patch')})"),
@@ -129,7 +193,7 @@ def environment_rows(recipe: Recipe, record: ReleaseRecord) -> list[tuple[str, s
         *([("FlagScale", f"Version: {v.flagscale}")] if v.flagscale else []),
         ("PyTorch", f"Version: {v.torch}"),
         ("Python", f"Version: {v.python}"),
-        ("Image digest", f"`{record.digest}`" if record.digest else "(not pushed)"),
+        ("Image digest", code(record.digest) if record.digest else "(not pushed)"),
     ]
     return rows
 
@@ -146,34 +210,34 @@ def log_command(recipe: Recipe) -> str:
     return f"docker logs {CONTAINER}"
 
 
-def faq(recipe: Recipe) -> list[tuple[str, list[str]]]:
+def faq(recipe: Recipe) -> list[tuple[Safe, list[Safe]]]:
     """The card's FAQ, answered with this release's own names (its port, its container, its log), then the
-    recipe's own questions."""
+    recipe's own questions. Every name is a code span, the recipe's own text escaped Markdown."""
     serve, port = recipe.serve, recipe.serve.port
     multi = serve.nnodes > 1
     where = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source.startswith("tiny") else None)
-    on_host = f"`{where}` on the host{' of every machine' if multi else ''}" if where else "the host folder"
-    running = (f'`docker exec {CONTAINER} pgrep -af "vllm serve"`' if serve.launcher == "flagscale"
-               else f"`docker ps --filter name={CONTAINER}`")
+    on_host = f"{code(where)} on the host{' of every machine' if multi else ''}" if where else "the host folder"
+    running = (code(f'docker exec {CONTAINER} pgrep -af "vllm serve"') if serve.launcher == "flagscale"
+               else code(f"docker ps --filter name={CONTAINER}"))
     items: list[tuple[str, list[str]]] = [
         ("What should I do if the model fails to load?", [
-            f"Check that the weights of `{recipe.model.id}` are in {on_host}, mounted at `{recipe.model.path}` "
-            f"in the container `{CONTAINER}`.",
-            f"Read the engine log{' on the head machine' if multi else ''}: `{log_command(recipe)}`.",
+            f"Check that the weights of {code(recipe.model.id)} are in {on_host}, mounted at "
+            f"{code(recipe.model.path)} in the container {code(CONTAINER)}.",
+            f"Read the engine log{' on the head machine' if multi else ''}: {code(log_command(recipe))}.",
         ]),
         ("API call returns a timeout error. What should I do?", [
             f"Verify the server IP address{' (the head machine)' if multi else ''} and that port {port} is open "
             "in the firewall.",
-            f"Confirm that the engine is running: {running}, then `curl http://<server_ip>:{port}/v1/models` "
-            f"lists `{serve.served_model_name}`.",
+            f"Confirm that the engine is running: {running}, then {code(f'curl http://<server_ip>:{port}/v1/models')} "
+            f"lists {code(serve.served_model_name)}.",
         ]),
     ]
     if multi:
         items.append(("A worker machine never joins. What should I do?", [
             f"The head's container must reach every worker over passwordless ssh on port "
             f"${flagscale.ENV_SSH_PORT} (default 22), and each worker's container must be named "
-            f"`{CONTAINER}` (or as ${flagscale.ENV_CONTAINER} says).",
-            f"`docker exec {CONTAINER} ray status` on the head lists the machines that joined "
+            f"{code(CONTAINER)} (or as ${flagscale.ENV_CONTAINER} says).",
+            f"{code(f'docker exec {CONTAINER} ray status')} on the head lists the machines that joined "
             f"({serve.nnodes} are needed).",
         ]))
     limit = serve.image_limit()
@@ -182,21 +246,22 @@ def faq(recipe: Recipe) -> list[tuple[str, list[str]]]:
             f"Up to {limit} (`limit_mm_per_prompt`); a request with more gets HTTP 400 from the engine, which "
             "goes on serving. Send images as `image_url` parts of a user message (URLs or `data:` URLs).",
         ]))
-    items += [(item.get("q", ""), [item.get("a", "")]) for item in recipe.card.faq]
-    return items
+    ours = [(Safe(q), [Safe(a) for a in answers]) for q, answers in items]  # our text, names already code spans
+    return ours + [(md(item.get("q", "")), [md(item.get("a", ""))]) for item in recipe.card.faq]
 
 
 def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
     fs = flagscale.serve_config(recipe, site_packages(record.versions.python))
     bench_header, bench_rows = _table(list(recipe.card.benchmarks))
+    environment = [[name, value] for name, value in environment_rows(recipe, record)]
     return {
+        "bench_lines": table_lines(list(bench_header), list(bench_rows)) if bench_rows else [],
+        "environment_lines": table_lines(["System Component", "Version Information"], environment),
         "title": recipe.card.title,
         "vendor": vendors.get(recipe.vendor).display_name,
         "vendor_key": recipe.vendor,
         "intro": recipe.card.intro.strip(),
-        "bench_header": bench_header,
         "bench_rows": bench_rows,
-        "environment": environment_rows(recipe, record),
         "model_id": recipe.model.id,
         "model_path": recipe.model.path,
         "model_host_path": recipe.model.host_path,
@@ -206,17 +271,20 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
         "pull_ref": record.pull_ref,
         "immutable_ref": record.immutable_ref,
         "digest_ref": record.digest_ref if record.digest else None,
-        "docker_run": docker_run_command(recipe, record.pull_ref),
+        "docker_run": block(docker_run_command(recipe, record.pull_ref)),
         "launcher": recipe.serve.launcher,
         "nnodes": recipe.serve.nnodes,
         "nproc_per_node": recipe.serve.nproc_per_node,
         "device_type": recipe.serve.device_type,
-        "flagscale_command": flagscale_command(recipe),
+        "flagscale_command": block(flagscale_command(recipe)),
         "flagscale_example": fs.example,
         "flagscale_conf": fs.conf_path(site_packages(record.versions.python)),
-        "flagscale_files": sorted((rel.split("/conf/", 1)[1], text.rstrip("\n")) for rel, text in fs.files.items()),
+        "flagscale_files": sorted((rel.split("/conf/", 1)[1], block(text.rstrip("\n")))
+                                  for rel, text in fs.files.items()),
         "flagscale_log": flagscale_log(recipe),
         "log_command": log_command(recipe),
+        "tiny_vl_command": code("python -c \"from tools.stages.tinyvl import make_tiny_vl_model; "
+                                f"print(make_tiny_vl_model({record.pull_ref!r}).path)\""),
         "site_hostfile": SITE_HOSTFILE,
         "env_hostfile": flagscale.ENV_HOSTFILE,
         "env_container": flagscale.ENV_CONTAINER,
@@ -233,13 +301,19 @@ def context(recipe: Recipe, record: ReleaseRecord) -> dict[str, Any]:
     }
 
 
-def render_card(recipe: Recipe, record: ReleaseRecord) -> str:
+def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # Markdown, not HTML: escaping would corrupt commands and YAML
+        autoescape=False,  # Markdown, not HTML: `md` below escapes, the filters quote for code and Python
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=md,  # every {{ value }} is escaped Markdown unless a filter made it Safe for its place
     )
-    return env.get_template("model_card.md.j2").render(**context(recipe, record))
+    env.filters.update(code=code, block=block, py=py)
+    return env
+
+
+def render_card(recipe: Recipe, record: ReleaseRecord) -> str:
+    return environment().get_template("model_card.md.j2").render(**context(recipe, record))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -11,9 +12,12 @@ from tools.core import labels as L
 from tools.core.errors import UserError
 from tools.core.lock import LoadedLock, Platform, VendorPins, load_lock
 from tools.core.recipe import Recipe, load_recipe
+from tools.core.refs import parse_image_ref
+from tools.mech.console import redact
 from tools.stages import flagscale, patches
 
 InstallMode = Literal["wheel-overlay", "source"]
+_INDEX_URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
 
 # A stack that touches any of these needs the compiled parts rebuilt: no binary wheel can be reused.
 _NATIVE_PREFIXES = ("csrc/", "cmake/", "rust/")
@@ -33,6 +37,15 @@ class BuildOptions:
     wheelhouse: tuple[Path, ...] = ()
     proxies: dict[str, str] = field(default_factory=dict)
     load: bool = True
+
+    def __post_init__(self) -> None:
+        # the boundary for every caller (CLI, pipeline, tests): these land on FROM and in pip.conf
+        if self.base_image is not None:
+            parse_image_ref(self.base_image, where="--base-image")
+        for flag, url in (("--index-url", self.index_url), *(("--extra-index-url", u) for u in self.extra_index_urls)):
+            if url is not None and not _INDEX_URL.match(url):
+                raise UserError(f"{flag} is not an http(s) URL on one line without spaces: {redact(url)!r}",
+                                where=flag, fix="give the index's URL, e.g. https://mirror.example.com/simple")
 
     def key_material(self) -> dict[str, object]:
         """Options that change the image. Index URLs may carry tokens, so they are hashed elsewhere;

@@ -8,6 +8,7 @@ import jinja2
 
 from tools import PROJECT_ROOT
 from tools.core import vendors
+from tools.core.errors import UserError
 from tools.core.lock import LoadedLock
 from tools.stages import pylock
 from tools.stages.plan import BuildPlan, site_packages
@@ -46,6 +47,16 @@ PIP_ENV = (
 )
 
 
+def _one_line(value: object) -> object:
+    """Every value lands inside one Dockerfile instruction: a line break would start another instruction.
+    Inputs are checked by their grammars when read (recipe, lock, --base-image); this is the last guard."""
+    text = str(value)
+    if any(ch in text for ch in "\n\r\x00"):
+        raise UserError(f"a value for the Dockerfile spans lines: {text[:80]!r}", where="rendered Dockerfile",
+                        fix="remove the line break from the recipe, lock or option that holds it")
+    return value
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -53,6 +64,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=False,
+        finalize=_one_line,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
     return env

@@ -11,6 +11,7 @@ from pathlib import Path
 import tools.stages.patches.keys as keys
 from tools.core import paths, vendors
 from tools.core.errors import UserError
+from tools.core.textfile import read_utf8
 from tools.mech import gitmail
 from tools.mech.git import Identity
 
@@ -100,7 +101,8 @@ def read_series(part: str) -> Series:
         return Series(path, "", ())
     header: list[str] = []
     names: list[str] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+    text = read_utf8(path, what="series file", fix="save it as UTF-8: one patch file name a line (ASCII names)")
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
         entry = line.strip()
         if not names and (not entry or entry.startswith("#")):
             header.append(line)
