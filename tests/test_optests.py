@@ -572,8 +572,8 @@ def test_image_run_without_summary_is_a_clear_error_and_is_stored(tmp_path, monk
     monkeypatch.setattr("tools.mech.docker._shielded", lambda args, timeout=60: 0)
     with pytest.raises(UserError, match="wrote no summary"):
         optests_cli.run_op_tests(recipe, image="img:1", out=tmp_path / "o")
-    stored = results.load("sha256:" + "cd" * 32, "op-tests")
-    assert stored is not None and stored.passed is False
+    stored = results.load("sha256:" + "cd" * 32, "tiny-cpu", "op-tests")
+    assert stored is not None and stored.passed is False and stored.recipe == "tiny-cpu"
 
 
 @pytest.mark.parametrize("recipe_name", ["tiny-cpu", "robobrain2-7b-fp8dynamic-nvidia"])

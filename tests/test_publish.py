@@ -66,14 +66,15 @@ def _labels(content_key: str) -> dict[str, str]:
     }
 
 
-def _store(image_id: str, smoke: bool | str = True, op_tests: bool | str = True) -> None:
-    """True: passed; False: failed; a string: skipped with that reason."""
+def _store(image_id: str, smoke: bool | str = True, op_tests: bool | str = True, recipe_name: str = "tiny-cpu") -> None:
+    """True: passed; False: failed; a string: skipped with that reason (results of the recipe as it is now)."""
+    recipe, _ = load_recipe(recipe_name)
     for kind, outcome in (("smoke", smoke), ("op-tests", op_tests)):
         if outcome is None:
             continue
         skipped = outcome if isinstance(outcome, str) else None
-        results.store(results.StoredResult(kind=kind, image_id=image_id, passed=outcome is True,
-                                           skipped_reason=skipped, report=f"/reports/{kind}.json"))
+        results.store(results.result_for(recipe, kind, image_id, passed=outcome is True, skipped_reason=skipped,
+                                         report=f"/reports/{kind}.json"))
 
 
 # -- the gate (no docker) ------------------------------------------------------------------------------------
@@ -474,7 +475,7 @@ def test_publish_pushes_verifies_records_and_leaks_nothing(isolated, registry_se
     inspect = json.loads(real_run(["docker", "image", "inspect", image_id], capture_output=True, text=True).stdout)
     assert f"{registry_server.url}/{repo}@{record.digest}" in inspect[0]["RepoDigests"]
 
-    out = release_dir("tiny-cpu", record.immutable_tag)
+    out = release_dir(registry_server.url, repo, record.immutable_tag)
     assert load_record(out / "record.json") == record
     card = (out / "README.md").read_text()
     assert f"docker pull {registry_server.url}/{repo}:flagrelease_cpu_tiny_llama" in card

@@ -9,8 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed, UserError
 from tools.core.lock import DebootstrapBase, LoadedLock
+from tools.core.recipe import Recipe
 from tools.mech import host as engine
 from tools.mech.console import info, phase
 from tools.stages import patches, results, source
@@ -36,8 +37,8 @@ class ReleaseReport:
         return "\n".join(lines)
 
 
-def _record_skip(image_id: str, kind: results.Kind, reason: str) -> None:
-    results.store(results.StoredResult(kind=kind, image_id=image_id, passed=False, skipped_reason=reason))
+def _record_skip(recipe: Recipe, image_id: str, kind: results.Kind, reason: str) -> None:
+    results.store(results.result_for(recipe, kind, image_id, passed=False, skipped_reason=reason))
 
 
 def context_for(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, options: BuildOptions) -> BuildContext:
@@ -50,13 +51,15 @@ def context_for(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, options:
                                stamp_text=stamp)
 
 
-def _passed_before(image: BuiltImage) -> dict[str, str]:
+def _passed_before(recipe: Recipe, image: BuiltImage) -> dict[str, str]:
     """For an image reused by content key (which covers the recipe's bytes, so its checks are the same):
-    the stored results, when both checks passed; else {} and the checks run."""
+    this recipe's stored results, when both checks passed with this configuration and these checks' versions;
+    else {} and the checks run."""
     if not image.skipped:
         return {}
-    stored = {kind: results.load(image.image_id, kind) for kind in ("smoke", "op-tests")}
-    if all(r is not None and r.passed for r in stored.values()):
+    stored = {kind: results.load(image.image_id, recipe.name, kind) for kind in results.KINDS}
+    if all(r is not None and r.passed and results.mismatch(r, recipe, image.image_id) is None
+           for r in stored.values()):
         return {kind: f"passed (stored {r.recorded_at}; --revalidate reruns)" for kind, r in stored.items() if r}
     return {}
 
@@ -108,12 +111,12 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     with phase("Facts from the image (packages vs lock, SBOM, pip-audit)"):
         _facts(ctx, image, loaded)
 
-    passed_before = {} if revalidate else _passed_before(image)
+    passed_before = {} if revalidate else _passed_before(recipe, image)
     if passed_before:
         info("  nothing changed: this image already passed smoke and op tests; skipping them")
         report.checks.update(passed_before)
     elif skip_smoke:
-        _record_skip(image.image_id, "smoke", skip_smoke)
+        _record_skip(recipe, image.image_id, "smoke", skip_smoke)
         report.checks["smoke"] = f"skipped: {skip_smoke}"
     else:
         from tools.stages.smoke import smoke
@@ -124,7 +127,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
     if passed_before:
         pass
     elif skip_op_tests:
-        _record_skip(image.image_id, "op-tests", skip_op_tests)
+        _record_skip(recipe, image.image_id, "op-tests", skip_op_tests)
         report.checks["op-tests"] = f"skipped: {skip_op_tests}"
     else:
         from tools.stages.op_tests import run_op_tests
@@ -135,7 +138,7 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
 
     if push:
         if not report.ok:
-            raise UserError("validation failed: nothing was pushed", fix="fix the failures above and rebuild")
+            raise CheckFailed("validation failed: nothing was pushed", fix="fix the failures above and rebuild")
         from tools.stages.publish import publish
 
         if local_registry:

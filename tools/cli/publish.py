@@ -7,6 +7,7 @@ import argparse
 
 from tools.core.labels import local_image
 from tools.core.recipe import load_recipe
+from tools.core.refs import parse_image_ref
 from tools.stages.publish import PublishOptions, publish
 from tools.stages.record import release_dir
 
@@ -29,6 +30,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 def command(name: str, args: argparse.Namespace) -> int:
     recipe, _ = load_recipe(args.recipe)
+    if args.image:
+        parse_image_ref(args.image, where="--image")
     image = args.image or local_image(recipe.name)
     options = PublishOptions(registry=args.registry, namespace=args.namespace, dry_run=args.dry_run,
                              retries=max(0, args.retries), accept_untested_op_tests=args.accept_untested_op_tests)
@@ -36,7 +39,7 @@ def command(name: str, args: argparse.Namespace) -> int:
     for tag in record.tags:
         print(f"{tag.action:<10} {tag.ref}" + (f"  {tag.digest}" if tag.digest else ""))
     if not record.dry_run:
-        out = release_dir(record.recipe, record.immutable_tag)
+        out = release_dir(record.registry, record.repository, record.immutable_tag)
         print(f"record     {out / 'record.json'}")
         print(f"card       {out / 'README.md'}")
     return 0

@@ -43,22 +43,55 @@ MANIFEST_TYPES = (
 DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 T = TypeVar("T")
-Outcome = Literal["auth", "transient", "other"]
+Outcome = Literal["auth", "unreachable", "transient", "other"]
 
-# Order matters: an auth failure is never retried, even when the same text also names a status code.
+# Order matters: an auth failure is never retried, even when the same text also names a status code; a
+# registry where nothing listens (or whose name does not resolve) is not a transient error either.
 _AUTH = re.compile(r"(?i)unauthorized|authentication required|no basic auth credentials|denied|"
                    r"incorrect username or password|\b401\b|\b403\b")
+_UNREACHABLE = re.compile(r"(?i)connection refused|errno 111\b|no such host|name or service not known|"
+                          r"name resolution|nodename nor servname|no route to host|network is unreachable")
 _TRANSIENT = re.compile(r"(?i)\b50[0-4]\b|\b429\b|toomanyrequests|connection reset|broken pipe|i/o timeout|"
-                        r"tls handshake timeout|unexpected eof|: eof\b|connection refused|service unavailable|"
+                        r"tls handshake timeout|unexpected eof|: eof\b|service unavailable|"
                         r"bad gateway|gateway timeout|internal server error|timeout exceeded")
+UNREACHABLE_FIX = ("start the registry or point at one that runs (--registry / FLAGREL_REGISTRY; a build session's "
+                   "--push --local-registry starts one on 127.0.0.1:5000); this is not retried")
 
 
 def classify(text: str) -> Outcome:
     if _AUTH.search(text):
         return "auth"
+    if _UNREACHABLE.search(text):
+        return "unreachable"
     if _TRANSIENT.search(text):
         return "transient"
     return "other"
+
+
+def _why_unreachable(exc: BaseException) -> str | None:
+    """Connection refused or an unknown host, anywhere in a requests exception's chain; None otherwise."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    texts: list[str] = []
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ConnectionRefusedError):
+            return "connection refused: the registry is not listening"
+        texts.append(str(item))
+        stack += [e for e in (item.__cause__, item.__context__, getattr(item, "reason", None))
+                  if isinstance(e, BaseException)]
+        stack += [a for a in item.args if isinstance(a, BaseException)]
+    text = " ".join(texts)
+    if re.search(r"(?i)connection refused|errno 111\b", text):
+        return "connection refused: the registry is not listening"
+    if re.search(r"(?i)name resolution|name or service not known|nodename nor servname|no such host", text):
+        return "its host name does not resolve"
+    if re.search(r"(?i)no route to host|network is unreachable", text):
+        return "no route to it"
+    return None
 
 
 @dataclass(frozen=True)
@@ -160,7 +193,7 @@ def credentials_from_docker_config(registry: str) -> Credentials | None:
         return None
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise UserError(f"docker config is not readable JSON: {exc.__class__.__name__}", where=str(path),
                         fix="fix or move the file (docker login rewrites it)") from exc
     keys = _config_keys(registry)
@@ -206,6 +239,9 @@ def _docker_login(env: dict[str, str], registry: str, creds: Credentials, retrie
         if kind == "transient":
             raise TransientError(out.strip().splitlines()[-1] if out.strip() else "docker login failed")
         last = out.strip().splitlines()[-1] if out.strip() else f"exit status {proc.returncode}"
+        if kind == "unreachable":
+            raise UserError(f"registry {registry} is not reachable from the docker engine: {last}",
+                            where=f"docker login {registry}", fix=UNREACHABLE_FIX)
         if kind == "auth":
             raise UserError(f"registry {registry} refused the credentials from {creds.source}: {last}",
                             where=f"docker login {registry}", fix=f"check {ENV_USER} / {ENV_PASSWORD}")
@@ -333,6 +369,11 @@ class RegistryClient:
                     response = self.session.request(method, url, headers=sent, timeout=self.timeout_s,
                                                     allow_redirects=True)
                 except (requests.ConnectionError, requests.Timeout) as exc:
+                    why = _why_unreachable(exc) if isinstance(exc, requests.ConnectionError) else None
+                    if why:
+                        self.log(f"{what}: {self.registry} unreachable ({why})")
+                        raise UserError(f"registry {self.registry} is not reachable at {self.base}: {why}",
+                                        where=f"{what} to {self.registry}", fix=UNREACHABLE_FIX) from None
                     raise TransientError(f"{what}: {exc.__class__.__name__}") from exc
                 if response.status_code in (401, 403):
                     if response.status_code == 401 and not tried_auth and self._authorize(response, scope):
@@ -364,6 +405,9 @@ class RegistryClient:
             raise UserError(f"HEAD {path} answered HTTP {response.status_code}", where=self.registry)
         digest = response.headers.get("Docker-Content-Digest")
         if digest:
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):  # it lands in records, cards and commands
+                raise UserError(f"HEAD {path} answered a malformed digest {digest[:80]!r}", where=self.registry,
+                                fix="is this a distribution v2 registry? check --registry / FLAGREL_REGISTRY")
             return digest
         # some registries omit the header on HEAD: the digest is the sha256 of the manifest bytes
         _, body = self.manifest(repository, reference)
@@ -382,7 +426,7 @@ class RegistryClient:
         _, body = self.manifest(repository, reference)
         try:
             data = json.loads(body)
-        except json.JSONDecodeError:
+        except ValueError:
             return None
-        config = data.get("config") or {}
-        return config.get("digest")
+        config = (data.get("config") if isinstance(data, dict) else None) or {}
+        return config.get("digest") if isinstance(config, dict) else None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tools import PROJECT_ROOT
 from tools.core import paths, vendors
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed
 from tools.core.labels import local_image
 from tools.core.recipe import Recipe
 from tools.optests import report
@@ -103,6 +103,16 @@ def run_op_tests(recipe: Recipe, *, image: str | None = None, host: bool = False
 
     out = (out or default_out(recipe.name)).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # a run narrower than the recipe's is recorded as such: it does not validate the recipe for publishing
+    overrides: dict[str, object] = {}
+    if ops and list(ops) != list(recipe.tests.op_tests.ops):
+        overrides["ops"] = list(ops)
+    if dtypes and list(dtypes) != list(recipe.tests.op_tests.dtypes):
+        overrides["dtypes"] = list(dtypes)
+    if budget_s is not None:
+        overrides["budget_s"] = budget_s
+    if small:
+        overrides["small"] = True
     ops = list(ops if ops else recipe.tests.op_tests.ops)
     dtypes = list(dtypes if dtypes else recipe.tests.op_tests.dtypes)
     log = new_log(f"optests-{recipe.name}")
@@ -136,14 +146,20 @@ def run_op_tests(recipe: Recipe, *, image: str | None = None, host: bool = False
     if not summary_path.is_file():
         print_tail(result)
         if image_id:
-            results.store(results.StoredResult(kind="op-tests", image_id=image_id, passed=False, report=str(log),
-                                               summary={"error": f"no summary (exit {result.returncode})"}))
-        raise UserError(f"the op-test run in {where} wrote no summary (exit {result.returncode})",
+            results.store(results.result_for(recipe, "op-tests", image_id, passed=False, overrides=overrides,
+                                             report=str(log),
+                                             summary={"error": f"no summary (exit {result.returncode})"}))
+        raise CheckFailed(f"the op-test run in {where} wrote no summary (exit {result.returncode})",
                         where=str(log),
                         fix="read the log: the image needs python3 with torch; a crash before the first case "
                             "shows there")
-    data = json.loads(summary_path.read_text(encoding="utf-8"))
-    cases = report.load_results(data)
+    try:
+        data = json.loads(summary_path.read_bytes().decode("utf-8"))
+        cases = report.load_results(data)
+    except (UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckFailed(f"the op-test run in {where} wrote an unreadable summary ({exc.__class__.__name__}: "
+                          f"{str(exc)[:160]})", where=str(summary_path),
+                          fix=f"read the log {log}; rerun the op tests (nox -s op-tests -- {recipe.name})") from exc
     ok = bool(data.get("ok")) and bool(data.get("complete")) and result.returncode == 0
     if result.returncode not in (0, 1) or not data.get("complete"):
         print_tail(result)
@@ -154,8 +170,8 @@ def run_op_tests(recipe: Recipe, *, image: str | None = None, host: bool = False
     console.print(f"junit    {out / 'junit.xml'}\nsummary  {summary_path}\nlog      {log}", markup=False,
                   highlight=False)
     if image_id:
-        results.store(results.StoredResult(
-            kind="op-tests", image_id=image_id, passed=ok, report=str(summary_path),
+        results.store(results.result_for(
+            recipe, "op-tests", image_id, passed=ok, overrides=overrides, report=str(summary_path),
             summary={"counts": data.get("counts"), "counts_by_backend": data.get("counts_by_backend"),
                      "verdict": data.get("verdict"),
                      "speed_ratio_geomean": data.get("speed_ratio_geomean"),

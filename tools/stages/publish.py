@@ -10,7 +10,8 @@ Order of events (each step refuses with one message rather than leaving a half-d
      content -> refuse (an immutable tag never moves);
   4. verify the immutable tag's registry digest against what docker reported (push output, RepoDigests);
   5. only then the moving tags, each verified to point at the same digest;
-  6. record.json and the model card README.md under build/releases/<recipe>/<immutable tag>/.
+  6. record.json and the model card README.md under build/releases/<registry>/<repository>/<immutable tag>/
+     (one folder per registry target: publishing elsewhere never overwrites another release's record).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tools.core import labels as L
-from tools.core import paths
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed, UserError
 from tools.core.recipe import Recipe
 from tools.mech import docker
 from tools.mech.console import info, new_log, phase, stderr_line
 from tools.mech.registry import (
+    UNREACHABLE_FIX,
     Credentials,
     RegistryClient,
     TransientError,
@@ -115,20 +116,31 @@ def check_labels(recipe: Recipe, image: LocalImage) -> None:
 
 def check_results(recipe: Recipe, image: LocalImage, *, accept_untested_op_tests: str | None = None,
                   waivers: list[Waiver] | None = None) -> dict[str, results.StoredResult]:
-    """Only an image whose own smoke and op-test results passed may leave the machine. Op tests that did not
-    pass are let through only with a reason (accept_untested_op_tests), appended to `waivers`."""
+    """Only an image whose own smoke and op-test results passed, for this recipe as it is now, may leave the
+    machine. Op tests that did not pass are let through only with a reason (accept_untested_op_tests),
+    appended to `waivers`."""
     if accept_untested_op_tests is not None and not accept_untested_op_tests.strip():
         raise UserError(f"{ACCEPT_UNTESTED_OP_TESTS} needs a reason", where=ACCEPT_UNTESTED_OP_TESTS,
                         fix=f"say why, e.g. {ACCEPT_UNTESTED_OP_TESTS} 'no NPU on the build host; tested on site'")
     stored: dict[str, results.StoredResult] = {}
     problems: list[str] = []
     fixes: list[str] = []
+    revalidate = (f"validate again: nox -s build-{recipe.vendor} -- {recipe.name} (or nox -s smoke / op-tests -- "
+                  f"{recipe.name} --image {image.ref})")
     for kind, flag in SKIP_FLAGS.items():
-        result = results.load(image.image_id, kind)
+        result = results.load(image.image_id, recipe.name, kind)
         before = len(problems)
+        mismatched = False
         if result is None:
-            problems.append(f"no stored {kind} result for this image")
+            others = results.recipes_with_results(image.image_id, kind)
+            elsewhere = f" (only recipe {', '.join(others)} has one: it validates that recipe, not this)" \
+                if others else ""
+            problems.append(f"no stored {kind} result for recipe {recipe.name} on this image{elsewhere}")
             fixes.append(f"nox -s build-{recipe.vendor} -- {recipe.name} validates it")
+        elif why := results.mismatch(result, recipe, image.image_id):
+            problems.append(f"the stored {kind} result does not speak for this release: {why}")
+            fixes.append(revalidate)
+            mismatched = True
         elif result.skipped_reason is not None:
             problems.append(f"{kind} was skipped with {flag} ({result.skipped_reason!r})")
             fixes.append(f"rebuild without {flag}")
@@ -144,25 +156,29 @@ def check_results(recipe: Recipe, image: LocalImage, *, accept_untested_op_tests
                 fixes[-1] += (f", or publish with {ACCEPT_UNTESTED_OP_TESTS} REASON (recorded in the release "
                               "record and on the card)")
                 continue
-            if result is not None:
-                stored[kind] = result  # the record and card show what did not pass
+            if result is not None and not mismatched:
+                stored[kind] = result  # the record and card show what did not pass (never another config's)
             fixes.pop()
             if waivers is not None:
                 waivers.append(Waiver(kind=kind, flag=ACCEPT_UNTESTED_OP_TESTS,
                                       reason=accept_untested_op_tests.strip(), status=problems.pop()))
     if problems:
-        raise UserError(f"refusing to publish {image.ref} ({image.image_id[:19]}): " + "; ".join(problems),
-                        where=f"stored results for image {image.image_id} under {paths.build_dir() / 'results'}",
-                        fix="; ".join(dict.fromkeys(fixes)) + " (results are kept per image id)")
+        folder = results.result_path(image.image_id, recipe.name, "smoke").parent
+        raise CheckFailed(f"refusing to publish {image.ref} ({image.image_id[:19]}): " + "; ".join(problems),
+                          where=f"stored results under {folder}",
+                          fix="; ".join(dict.fromkeys(fixes)) + " (results are kept per image id and recipe)")
     return stored
 
 
 class _PushLog:
     """Everything docker said, scrubbed of credentials, in one log file whose path is printed."""
 
-    def __init__(self, recipe: str, creds: Credentials | None) -> None:
+    def __init__(self, recipe: str, creds: Credentials | None, target: str = "") -> None:
         self.path: Path = new_log(f"publish-{recipe}")
         self.creds = creds
+        # the file exists from the start: its path is printed before the first request, which may fail
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(f"# publish {recipe} to {target or '(registry)'} at {_now()}\n")
 
     def __call__(self, text: str) -> None:
         clean = scrub(text, self.creds)
@@ -197,6 +213,9 @@ def push(ref: str, env: dict[str, str], log: _PushLog, options: PublishOptions) 
             return found[-1]
         # the error is at the end; layer ids and sizes above it must not look like status codes
         kind = classify("\n".join(out.strip().splitlines()[-5:]))
+        if kind == "unreachable":
+            raise UserError(f"docker push {ref}: the registry {ref.split('/', 1)[0]} is not reachable: {last}",
+                            where=str(log.path), fix=UNREACHABLE_FIX)
         if kind == "transient":
             raise TransientError(last)
         if kind == "auth":
@@ -225,14 +244,14 @@ def _verify(client: RegistryClient, tags: ReleaseTags, tag: str, want: str, imag
             pushed: bool) -> None:
     have = client.manifest_digest(tags.target.repository, tag)
     if have != want:
-        raise UserError(f"verification failed: the registry's {tags.target.ref(tag)} is {have}, expected {want}",
+        raise CheckFailed(f"verification failed: the registry's {tags.target.ref(tag)} is {have}, expected {want}",
                         where=f"HEAD /v2/{tags.target.repository}/manifests/{tag}",
                         fix="another publisher may be racing this one; rerun publish")
     if not pushed:
         return  # nothing was pushed from here: docker has no RepoDigest to compare with
     known = digests_for(image, tags.target.repo_ref)
     if want not in known:
-        raise UserError(f"verification failed: docker's RepoDigests for {tags.target.repo_ref} are "
+        raise CheckFailed(f"verification failed: docker's RepoDigests for {tags.target.repo_ref} are "
                         f"{sorted(known)}, the registry says {want}", where=image.ref)
 
 
@@ -315,7 +334,7 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
         return draft
 
     creds = find_credentials(target.registry)
-    log = _PushLog(recipe.name, creds)
+    log = _PushLog(recipe.name, creds, target.repo_ref)
     info(f"  credentials: {creds.source if creds else 'none found (anonymous)'}")
     stderr_line(f"  log: {log.path}")
     client = RegistryClient(target.registry, creds, retries=options.retries, backoff_s=options.backoff_s,
@@ -376,7 +395,7 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
     action: TagAction
     if existing is not None:
         if not _same_content(client, tags, image, existing):
-            raise UserError(
+            raise CheckFailed(
                 f"immutable tag {tags.immutable_ref} already exists with other content ({existing}); "
                 f"refusing to move it",
                 where=f"{tags.target.registry} {repo}:{tags.immutable}",
@@ -405,7 +424,7 @@ def _push_all(client: RegistryClient, tags: ReleaseTags, image: LocalImage, env:
             _tag_local(image.image_id, ref, env, log)
             pushed = push_timed(ref)
             if pushed != digest:
-                raise UserError(f"docker pushed {ref} as {pushed}, but {tags.immutable} is {digest}",
+                raise CheckFailed(f"docker pushed {ref} as {pushed}, but {tags.immutable} is {digest}",
                                 where=str(log.path), fix="rerun publish; report it if it persists")
             tag_action = "moved" if before else "pushed"
         verify(tag, digest, pushed=tag_action != "unchanged")

@@ -1,7 +1,7 @@
 """The release record: everything a release was made of, as JSON beside its model card.
 
-Written to build/releases/<recipe>/<immutable tag>/record.json after a verified push; the card is rendered
-from it (tools/card.py), so the two can never disagree.
+Written to build/releases/<registry>/<repository>/<immutable tag>/record.json after a verified push; the card
+is rendered from it (tools/stages/card.py), so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -73,6 +73,11 @@ class PatchStack(Model):
 
 class ResultRecord(Model):
     kind: str
+    # what the result was bound to (tools/stages/results.py): the publish gate checked each against the release
+    recipe: str | None = None
+    config_hash: str | None = None
+    config: dict[str, Any] = {}
+    checks_version: int | None = None
     passed: bool
     skipped_reason: str | None = None
     report: str | None = None
@@ -174,8 +179,10 @@ class ReleaseRecord(Model):
         return f"{self.immutable_ref} @ {self.digest or '(dry run)'} ({moving})"
 
 
-def release_dir(recipe: str, immutable_tag: str) -> Path:
-    return paths.build_dir() / "releases" / recipe / immutable_tag
+def release_dir(registry: str, repository: str, immutable_tag: str) -> Path:
+    """build/releases/<registry>/<repository>/<immutable tag>: one folder per build per registry target, so
+    publishing a build to a second registry or namespace never touches the first release's record."""
+    return paths.build_dir() / "releases" / registry / repository / immutable_tag
 
 
 def _os_name() -> str:
@@ -253,9 +260,21 @@ def result_records(stored: dict[str, StoredResult]) -> dict[str, ResultRecord]:
 
 
 def write_release(record: ReleaseRecord, card_text: str) -> tuple[Path, Path]:
-    out = release_dir(record.recipe, record.immutable_tag)
+    """record.json and README.md of the release; an earlier publish of the same build to the same target
+    (a republish) keeps its record and card under history/<its start time>/."""
+    out = release_dir(record.registry, record.repository, record.immutable_tag)
     out.mkdir(parents=True, exist_ok=True)
     record_path, card_path = out / "record.json", out / "README.md"
+    if record_path.is_file():
+        try:
+            stamp = load_record(record_path).times.started_at
+        except (ValueError, OSError):
+            stamp = "unreadable"
+        keep = out / "history" / stamp.replace(":", "")
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in (record_path, card_path):
+            if path.is_file():
+                path.replace(keep / path.name)
     for path, text in ((record_path, record.model_dump_json(indent=2) + "\n"), (card_path, card_text)):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")

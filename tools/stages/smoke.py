@@ -20,7 +20,7 @@ import requests
 from rich.markup import escape
 
 from tools.core import labels
-from tools.core.errors import UserError
+from tools.core.errors import CheckFailed, UserError
 from tools.core.profiles import docker_run_flags
 from tools.core.recipe import Recipe, engine_argv
 from tools.mech.console import console, info, new_log, phase
@@ -70,7 +70,7 @@ class SmokeReport:
         return "\n".join(lines)
 
 
-class SmokeFailed(UserError):
+class SmokeFailed(CheckFailed):
     """The engine never became ready; carries the written report."""
 
     def __init__(self, what: str, report: SmokeReport, *, fix: str) -> None:
@@ -172,9 +172,9 @@ def _write_report(report: SmokeReport, path: Path, recipe_file: str | None) -> N
     tmp.replace(path)
 
 
-def _store(report: SmokeReport) -> None:
-    results.store(results.StoredResult(
-        kind="smoke", image_id=report.image_id, passed=report.passed, report=report.report_path,
+def _store(recipe: Recipe, report: SmokeReport, overrides: dict[str, Any]) -> None:
+    results.store(results.result_for(
+        recipe, "smoke", report.image_id, passed=report.passed, overrides=overrides, report=report.report_path,
         summary={"start_to_ready_s": report.start_to_ready_s, "ttft_s": report.ttft_s,
                  "checks": {c.name: c.passed for c in report.checks}, "failure": report.failure},
     ))
@@ -215,6 +215,9 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
         ident, found_labels = image_facts(image_ref)
         stack_id = found_labels.get(labels.STACK_ID)
         host_model = _model_dir(recipe, model_dir, image_ref)
+        # weights other than the recipe's are recorded: such a run does not validate the recipe for publishing
+        default = Path(recipe.model.host_path).resolve() if recipe.model.host_path else None
+        overrides = {"model_dir": str(host_model)} if model_dir is not None and host_model != default else {}
         chosen = _pick_port(recipe, port)
         info(f"  image {image_ref} ({ident[:19]}), stack id {stack_id or '(none)'}")
         info(f"  model {host_model} -> {recipe.model.path} (read-only), port {HOST}:{chosen}")
@@ -240,7 +243,7 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
         if not report.passed:
             report.root_cause = root_cause(full_log)
         _write_report(report, report_path, recipe_file)
-        _store(report)
+        _store(recipe, report, overrides)
         return full_log
 
     with running_container(image_ref, argv, name_prefix=f"{NAME_PREFIX}-{recipe.name}", flags=flags,
