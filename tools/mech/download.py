@@ -37,8 +37,7 @@ def download_verified(url: str, dest: Path, sha256: str, *, timeout: float = 60,
         ) from exc
     got = digest.hexdigest()
     if got != sha256:
-        part.unlink(missing_ok=True)
-        dest.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)  # `dest`, if any, is left as it was: it is never trusted without this check
         raise UserError(
             f"sha256 mismatch for {url}: expected {sha256}, got {got}; nothing was unpacked",
             where=where,

@@ -60,9 +60,16 @@ def downloads_dir() -> Path:
     return paths.cache_dir() / "downloads"
 
 
+def _pin(up: Upstream, origin: Origin) -> dict[str, str]:
+    """What a cache entry must have been made from: origin, URL and the full pin (commit or sha256)."""
+    if origin == "git":
+        return {"origin": origin, "url": up.git_url, "pin": up.git_commit}
+    return {"origin": origin, "url": up.sdist_url, "pin": up.sdist_sha256}
+
+
 def _stem(up: Upstream, origin: Origin) -> str:
-    pin = up.git_commit if origin == "git" else up.sdist_sha256
-    return f"{up.name}-{up.version}-{pin[:12]}"
+    # the folder name is short; the entry is trusted only when its stored full pin and URL match (_load_marker)
+    return f"{up.name}-{up.version}-{_pin(up, origin)['pin'][:12]}"
 
 
 def cached_source() -> PristineTree | None:
@@ -92,22 +99,52 @@ def _marker(stem: str) -> Path:
     return src_dir() / f"{stem}.json"
 
 
-def _load_marker(stem: str) -> PristineTree | None:
+def _pin_file(stem: str) -> Path:
+    """The full pin and URL beside the marker (a separate file: the marker's format is shared with older
+    checkouts using the same cache, which refuse unknown marker keys)."""
+    return src_dir() / f"{stem}.pin.json"
+
+
+def _load_marker(stem: str, want: dict[str, str]) -> PristineTree | None:
     marker = _marker(stem)
     try:
         data = json.loads(marker.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if data.pop("marker_version", None) != _MARKER_VERSION:
+    if not isinstance(data, dict) or data.pop("marker_version", None) != _MARKER_VERSION:
         return None
-    # Paths are derived, not stored: a cache restored elsewhere (CI) stays valid.
-    tree = PristineTree(**data, path=src_dir() / stem, repo=src_dir() / f"{stem}.git")
+    try:
+        # Paths are derived, not stored: a cache restored elsewhere (CI) stays valid.
+        tree = PristineTree(**data, path=src_dir() / stem, repo=src_dir() / f"{stem}.git")
+    except TypeError:
+        return None
     if not tree.path.is_dir() or not (tree.repo / "HEAD").is_file():
+        return None
+    if (tree.origin, tree.pin) != (want["origin"], want["pin"]):
+        info(f"  cache entry {stem} holds {tree.origin} {tree.pin}, the lock pins {want['pin']}: not used")
+        return None
+    try:
+        stored = json.loads(_pin_file(stem).read_text())
+    except FileNotFoundError:
+        # an entry made before pin files existed: its full pin matched above; record the URL from now on
+        _write_pin(stem, want)
+        return tree
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if stored != want:
+        info(f"  cache entry {stem} was made from {stored.get('url')}, the lock names {want['url']}: not used")
         return None
     return tree
 
 
-def _write_marker(stem: str, tree: PristineTree) -> None:
+def _write_pin(stem: str, want: dict[str, str]) -> None:
+    tmp = _pin_file(stem).with_suffix(".tmp")
+    tmp.write_text(json.dumps(want, indent=2, sort_keys=True) + "\n")
+    tmp.replace(_pin_file(stem))
+
+
+def _write_marker(stem: str, tree: PristineTree, want: dict[str, str]) -> None:
+    _write_pin(stem, want)
     data = {**asdict(tree), "marker_version": _MARKER_VERSION}
     del data["path"], data["repo"]
     tmp = _marker(stem).with_suffix(".json.tmp")
@@ -137,13 +174,13 @@ def fetch_source(lock: Lock, *, mode: str | None = None, git_timeout: float | No
     up = lock.upstream
     origins: tuple[Origin, ...] = {"auto": ("git", "sdist"), "git": ("git",), "sdist": ("sdist",)}[mode]
     for origin in origins:
-        tree = _load_marker(_stem(up, origin))
+        tree = _load_marker(_stem(up, origin), _pin(up, origin))
         if tree:
             info(f"  pristine source: {tree.label} (cached) at {tree.path}")
             return tree
     with _cache_lock():
         for origin in origins:  # another process may have finished while we waited
-            tree = _load_marker(_stem(up, origin))
+            tree = _load_marker(_stem(up, origin), _pin(up, origin))
             if tree:
                 return tree
         if "git" in origins:
@@ -293,6 +330,6 @@ def _publish(stem: str, up: Upstream, origin: Origin, pin: str, files: Path, rep
     count = sum(len(names) for _, _, names in os.walk(final_files))
     tree = PristineTree(name=up.name, version=up.version, origin=origin, pin=pin, path=final_files,
                         repo=final_repo, commit=commit, files=count)
-    _write_marker(stem, tree)
+    _write_marker(stem, tree, _pin(up, origin))
     info(f"  pristine source: {tree.label} at {final_files}")
     return tree
