@@ -170,7 +170,7 @@ def test_tiny_model_is_made_locally_and_mounted():
     text = card.render_card(recipe, sample_record("tiny-cpu"))
     assert "make_tiny_model" in text
     # the run command mounts it where the engine is told to look, with the variable left to expand
-    assert f'-v "$TINY_MODEL_DIR:{recipe.model.path}:ro"' in text
+    assert f'-v "$TINY_MODEL_DIR":{recipe.model.path}:ro' in text
     assert f"--model {recipe.model.path}" in text
 
 

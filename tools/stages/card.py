@@ -66,8 +66,8 @@ def _device_loops(vendor: str) -> list[str]:
 
 
 def docker_run_command(recipe: Recipe, image_ref: str) -> str:
-    host_model = recipe.model.host_path or ("$TINY_MODEL_DIR" if recipe.model.source.startswith("tiny") else None)
-    mounts = [f"{host_model}:{recipe.model.path}:ro"] if host_model else []
+    model_mount = f":{recipe.model.path}:ro"
+    mounts = [f"{recipe.model.host_path}{model_mount}"] if recipe.model.host_path else []
     mounts += list(recipe.run.mounts)
     flags = run_flags(recipe)
     env = {k: _env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()}
@@ -79,8 +79,10 @@ def docker_run_command(recipe: Recipe, image_ref: str) -> str:
     # enumerated devices first, as tools.core.profiles orders them: before the profile's fixed devices
     first = next((i for i, g in enumerate(groups) if g[0] == "--device"), len(groups))
     lines[first:first] = _device_loops(recipe.vendor)
-    # the tiny model's folder is a shell variable the user sets: it must expand
-    lines += [f'-v "{m}"' if m.startswith("$") else f"-v {shlex.quote(m)}" for m in mounts]
+    # the tiny model's folder is a shell variable the user sets: it must expand, the rest is quoted
+    if not recipe.model.host_path and recipe.model.source.startswith("tiny"):
+        lines.append(f'-v "$TINY_MODEL_DIR"{shlex.quote(model_mount)}')
+    lines += [f"-v {shlex.quote(m)}" for m in mounts]
     lines += [f"-e {shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     if recipe.serve.launcher == "flagscale":
         # FlagScale starts the engine inside a running container (`docker exec ... flagscale serve`); its

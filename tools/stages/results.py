@@ -21,7 +21,7 @@ from tools.core.recipe import Recipe
 
 Kind = Literal["smoke", "op-tests"]
 KINDS: tuple[Kind, ...] = ("smoke", "op-tests")
-# The checks' own version: bump one when what its check proves changes (tools/stages/smoke.py _run_checks,
+# The checks' own version: bump one when what its check proves changes (tools/stages/smoke_checks.py,
 # tools/optests cases and tolerances). Results of another version no longer let an image be published.
 CHECKS_VERSION: dict[str, int] = {"smoke": 2, "op-tests": 2}
 SESSION: dict[str, str] = {"smoke": "smoke", "op-tests": "op-tests"}

@@ -207,6 +207,31 @@ def _wait_ready(container: Container, port: int, timeout_s: float, report: Smoke
             time.sleep(1)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """How the smoke test runs the engine: docker run flags, mounts, env and the engine's argv."""
+
+    flags: list[str]
+    mounts: list[str]
+    env: dict[str, str]
+    argv: list[str]
+
+    def command_line(self, image_ref: str) -> list[str]:
+        return ["docker", "run", "--rm", "--network", "host", *self.flags,
+                *sum((["-v", m] for m in self.mounts), []),
+                *sum((["-e", f"{k}={v}"] for k, v in self.env.items()), []),
+                "--entrypoint", "python3", image_ref, *self.argv]
+
+
+def run_spec(recipe: Recipe, host_model: Path, port: int) -> RunSpec:
+    return RunSpec(
+        flags=docker_run_flags(recipe.vendor, shm_size=recipe.run.shm_size),
+        mounts=[f"{host_model}:{recipe.model.path}:ro", *recipe.run.mounts],
+        env={k: _env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()},
+        argv=["-m", ENGINE_MODULE, *engine_argv(recipe, recipe.model.path, HOST, port)],
+    )
+
+
 def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port: int | None = None,
           timeout_s: int | None = None, recipe_file: str | None = None) -> SmokeReport:
     """Serve the recipe's model from the image and check it answers. Raises SmokeFailed if it never
@@ -226,14 +251,10 @@ def smoke(recipe: Recipe, image_ref: str, *, model_dir: Path | None = None, port
     report = SmokeReport(recipe=recipe.name, image_ref=image_ref, image_id=ident, port=chosen,
                          model_dir=str(host_model), container_log=str(log_path))
     report_path = log_path.with_suffix(".json")
-    flags = docker_run_flags(recipe.vendor, shm_size=recipe.run.shm_size)
-    mounts = [f"{host_model}:{recipe.model.path}:ro", *recipe.run.mounts]
-    env = {k: _env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()}
-    argv = ["-m", ENGINE_MODULE, *engine_argv(recipe, recipe.model.path, HOST, chosen)]
-    # what a user would type to reproduce this run by hand
-    report.docker_run = shlex.join(
-        ["docker", "run", "--rm", "--network", "host", *flags, *sum((["-v", m] for m in mounts), []),
-         *sum((["-e", f"{k}={v}"] for k, v in env.items()), []), "--entrypoint", "python3", image_ref, *argv])
+    run = run_spec(recipe, host_model, chosen)
+    flags, mounts, env, argv = run.flags, run.mounts, run.env, run.argv
+    # what a user would type to reproduce this run by hand (shell-quoted: every value stays one word)
+    report.docker_run = shlex.join(run.command_line(image_ref))
     timeout = float(timeout_s if timeout_s is not None else recipe.serve.ready_timeout_s)
 
     def finish(container: Container) -> str:
