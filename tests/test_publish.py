@@ -577,3 +577,20 @@ def test_wrong_password_is_refused_at_once(isolated, registry_server, images, mo
         # a long backoff: if auth errors were retried this would take minutes
         publish(recipe, ref, PublishOptions(retries=4, backoff_s=30))
     assert time.monotonic() - start < 20
+
+
+def test_a_second_namespace_gets_its_own_record(isolated, registry_server, images, monkeypatch):  # noqa: F811
+    ref, _ = images("two namespaces")
+    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
+    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
+    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    recipe, _ = load_recipe("tiny-cpu")
+    first = publish(recipe, ref, FAST)
+    first_dir = release_dir(first.registry, first.repository, first.immutable_tag)
+    first_bytes = (first_dir / "record.json").read_bytes()
+    second = publish(recipe, ref, PublishOptions(namespace="t" + secrets.token_hex(4), retries=2, backoff_s=0.05))
+    second_dir = release_dir(second.registry, second.repository, second.immutable_tag)
+    assert second.repository != first.repository and second_dir != first_dir
+    assert (first_dir / "record.json").read_bytes() == first_bytes, "the first release's record was overwritten"
+    assert load_record(second_dir / "record.json").repository == second.repository
+    assert f"docker pull {registry_server.url}/{second.repository}:" in (second_dir / "README.md").read_text()

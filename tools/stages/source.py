@@ -105,7 +105,7 @@ def _pin_file(stem: str) -> Path:
     return src_dir() / f"{stem}.pin.json"
 
 
-def _load_marker(stem: str, want: dict[str, str]) -> PristineTree | None:
+def _load_marker(stem: str, want: dict[str, str], *, say: bool = True) -> PristineTree | None:
     marker = _marker(stem)
     try:
         data = json.loads(marker.read_text())
@@ -121,7 +121,8 @@ def _load_marker(stem: str, want: dict[str, str]) -> PristineTree | None:
     if not tree.path.is_dir() or not (tree.repo / "HEAD").is_file():
         return None
     if (tree.origin, tree.pin) != (want["origin"], want["pin"]):
-        info(f"  cache entry {stem} holds {tree.origin} {tree.pin}, the lock pins {want['pin']}: not used")
+        if say:
+            info(f"  cache entry {stem} was made from another pin ({tree.pin[:16]}...): not the lock's, not used")
         return None
     try:
         stored = json.loads(_pin_file(stem).read_text())
@@ -132,7 +133,8 @@ def _load_marker(stem: str, want: dict[str, str]) -> PristineTree | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if stored != want:
-        info(f"  cache entry {stem} was made from {stored.get('url')}, the lock names {want['url']}: not used")
+        if say:
+            info(f"  cache entry {stem} was made from another URL ({stored.get('url')}): not the lock's, not used")
         return None
     return tree
 
@@ -180,7 +182,7 @@ def fetch_source(lock: Lock, *, mode: str | None = None, git_timeout: float | No
             return tree
     with _cache_lock():
         for origin in origins:  # another process may have finished while we waited
-            tree = _load_marker(_stem(up, origin), _pin(up, origin))
+            tree = _load_marker(_stem(up, origin), _pin(up, origin), say=False)
             if tree:
                 return tree
         if "git" in origins:
