@@ -55,7 +55,7 @@ def test_cpu_image_executes_vllm_kernels_and_skips_flaggems_with_the_reason(tiny
     junit = ET.parse(out / "junit.xml").getroot()
     assert (junit.get("tests"), junit.get("failures"), junit.get("skipped")) == (
         str(counts["total"]), "0", str(len(gems)))
-    stored = results.load(image.image_id, "op-tests")
+    stored = results.load(image.image_id, "tiny-cpu", "op-tests")
     assert stored is not None and stored.passed and stored.summary["counts"] == counts
     assert stored.summary["counts_by_backend"] == data["counts_by_backend"]
     left = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"name={NAME_PREFIX}"], capture_output=True,

@@ -75,7 +75,10 @@ def test_readme_main_job_as_written(tiny_cpu_image, build_dir):
     assert proc.returncode == 0, out[-4000:]
     assert "reused (content key matched)" in out
     assert "smoke    passed" in out and "op-tests passed" in out and "publish  pushed" in out
-    records = list((build_dir / "releases" / "tiny-cpu").glob("*/record.json"))
+    assert list((build_dir / "results").glob("*/tiny-cpu/smoke.json"))
+    assert list((build_dir / "results").glob("*/tiny-cpu/op-tests.json"))
+    # one record per registry target: build/releases/<registry>/<namespace>/<image>/<build tag>/
+    records = list((build_dir / "releases" / "127.0.0.1:5000").glob("**/tiny-cpu-cpu-*/record.json"))
     assert len(records) == 1 and (records[0].parent / "README.md").is_file()
 
 
@@ -87,5 +90,5 @@ def test_skipping_a_check_is_recorded_and_blocks_publishing(tiny_cpu_image, buil
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "smoke    skipped: known flaky host" in proc.stdout
     refused = run("publish", "tiny-cpu", "--registry", "127.0.0.1:1", build_dir=build_dir)
-    assert refused.returncode != 0
-    assert "--skip-smoke" in refused.stderr or "skipped" in refused.stderr
+    assert refused.returncode == 1  # a check failed (README "Exit codes"), before any registry is asked
+    assert "smoke was skipped with --skip-smoke ('known flaky host')" in refused.stderr

@@ -121,8 +121,10 @@ def test_engine_crash_is_reported_at_once(debian_image: str, build_dir: Path, tm
     assert saved["failure"] == report.failure and saved["image_id"] == image_id(debian_image)
     assert "No module named 'vllm'" in Path(report.container_log).read_text()
     assert Path(report.report_path).parent == build_dir / "logs"
-    stored = results.load(report.image_id, "smoke")
+    stored = results.load(report.image_id, recipe.name, "smoke")
     assert stored is not None and stored.passed is False and stored.report == report.report_path
+    # weights other than the recipe's are recorded: this run could not validate the recipe for publishing
+    assert stored.config["overrides"] == {"model_dir": str(tmp_path.resolve())}
     assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
 
 
@@ -152,8 +154,9 @@ def test_cli_exit_code_on_crash(debian_image: str, build_dir: Path, tmp_path: Pa
 
     # other runs on this engine may have smoke containers of their own: only ours must be gone
     before = set(leftover_containers(f"{NAME_PREFIX}-tiny-cpu"))
+    # 1: the check ran and failed (README "Exit codes"); 2 is for bad input
     assert main(["smoke", "tiny-cpu", "--image", debian_image, "--model-dir", str(tmp_path),
-                 "--timeout", "120"]) == 2
+                 "--timeout", "120"]) == 1
     assert set(leftover_containers(f"{NAME_PREFIX}-tiny-cpu")) <= before
 
 
@@ -166,6 +169,6 @@ def test_full_smoke_against_real_vllm(tiny_cpu_image: object, build_dir: Path) -
     assert {c.name: c.passed for c in report.checks} == {"models": True, "chat": True, "stream": True,
                                                          "stamp": True}, report.summary()
     assert report.passed and report.start_to_ready_s and report.ttft_s is not None
-    stored = results.load(image_id(E2E_IMAGE), "smoke")
-    assert stored is not None and stored.passed
+    stored = results.load(image_id(E2E_IMAGE), recipe.name, "smoke")
+    assert stored is not None and stored.passed and "overrides" not in stored.config
     assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
