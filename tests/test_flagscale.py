@@ -119,7 +119,11 @@ def test_inconsistent_nodes_are_refused(serve, message):
 
 def test_recipe_text_lands_as_yaml_data():
     hostile = 'x": 1\n  injected: {a: b}\n- serve_id: evil'
-    files = serve_config(_recipe(served_model_name=hostile), "/site").files
+    with pytest.raises(ValueError, match="served_model_name"):  # refused where it enters ...
+        _recipe(served_model_name=hostile)
+    recipe = _recipe()  # ... and inert where it lands, even pushed past validation
+    recipe = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={"served_model_name": hostile})})
+    files = serve_config(recipe, "/site").files
     (item,) = yaml.safe_load(files["tiny_cpu/conf/serve/default.yaml"])
     assert item["engine_args"]["served_model_name"] == hostile and "injected" not in item["engine_args"]
 

@@ -26,7 +26,7 @@ from test_render import fixed_stack
 from tools.core.errors import UserError
 from tools.core.lock import load_lock
 from tools.core.recipe import Recipe, engine_argv, load_recipe, recipe_path
-from tools.stages import card, smoke
+from tools.stages import card, flagscale, smoke
 from tools.stages.plan import BuildOptions, make_plan
 from tools.stages.render import render_dockerfile
 
@@ -43,6 +43,7 @@ HOSTILE = [
     "```\n# injected heading",
     "x\r\ny: 1",
     "- [link](javascript:alert(1))",
+    "${oc.env:HOME}",
 ]
 
 # (path, mode): "value" sets the value at the path; "key" adds the hostile text as a key of the mapping there
@@ -118,11 +119,15 @@ def _check_card(recipe: Recipe, text: str, baseline: str) -> None:
     assigned = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
                 if isinstance(t, ast.Name)}
     assert isinstance(assigned["model"], ast.Constant) and assigned["model"].value == recipe.serve.served_model_name
-    # FlagScale YAML: loads back to exactly the recipe's values
-    entry = yaml.safe_load(blocks["yaml"])[0]["engine_args"]
+    # FlagScale's YAML files: load back to exactly the recipe's values
+    documents = [yaml.safe_load(body) for lang, body in fences if lang == "yaml"]
+    (item,) = next(d for d in documents if isinstance(d, list))
+    entry = {**item["engine_args"], **item.get("engine_args_specific", {}).get("vllm", {})}
     assert entry["served_model_name"] == recipe.serve.served_model_name and entry["model"] == recipe.model.path
     for key, value in recipe.serve.engine_args.items():
         assert entry[key] == value
+    envs = next(d for d in documents if isinstance(d, dict))["experiment"]["envs"]
+    assert envs == {k: flagscale._env_value(v) for k, v in {**recipe.serve.env, **recipe.run.env}.items()}
     # docker run: every value is one shell word, the engine's argv exactly as the smoke test builds it
     run = [body for lang, body in fences if lang == "bash" and body.startswith("docker run")][0]
     tokens = shlex.split(run.split("\n\ndocker logs")[0].replace("\\\n", " "))
