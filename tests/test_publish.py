@@ -122,10 +122,10 @@ NOTHING_RAN = ("nothing was tested: all 42 case(s) skipped: FlagGems 0/42 passed
 
 def _store_nothing_ran(image_id: str) -> None:
     _store(image_id, smoke=True, op_tests=None)
-    results.store(results.StoredResult(kind="op-tests", image_id=image_id, passed=False,
-                                       report="/reports/summary.json",
-                                       summary={"counts": {"passed": 0, "failed": 0, "skipped": 42, "total": 42},
-                                                "verdict": NOTHING_RAN}))
+    recipe, _ = load_recipe("tiny-cpu")
+    results.store(results.result_for(recipe, "op-tests", image_id, passed=False, report="/reports/summary.json",
+                                     summary={"counts": {"passed": 0, "failed": 0, "skipped": 42, "total": 42},
+                                              "verdict": NOTHING_RAN}))
 
 
 def test_op_tests_where_nothing_ran_are_refused_naming_the_opt_in(fake_image):
@@ -160,7 +160,8 @@ def test_the_opt_in_covers_op_tests_only_and_needs_a_reason(fake_image):
     assert "smoke FAILED" in text and "op-tests" not in text.split("where:")[0]
     _store(fake_image.image_id, smoke=True, op_tests=None)
     record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="no device"))
-    assert record.waivers[0].status == "no stored op-tests result for this image" and "op-tests" not in record.tests
+    assert record.waivers[0].status == "no stored op-tests result for recipe tiny-cpu on this image"
+    assert "op-tests" not in record.tests
     with pytest.raises(UserError, match="--accept-untested-op-tests needs a reason"):
         publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="  "))
 
@@ -169,10 +170,10 @@ def test_passed_op_tests_need_no_waiver_and_the_card_says_what_ran(fake_image):
     _store(fake_image.image_id, smoke=True, op_tests=None)
     verdict = ("21 passed, 42 skipped of 63: vLLM kernels 21/21 passed; FlagGems 0/42 passed, 42 skipped "
                "(flag_gems does not import (RuntimeError: No device))")
-    results.store(results.StoredResult(kind="op-tests", image_id=fake_image.image_id, passed=True,
-                                       summary={"counts": {"passed": 21, "failed": 0, "skipped": 42, "total": 63},
-                                                "verdict": verdict}))
     recipe, _ = load_recipe("tiny-cpu")
+    results.store(results.result_for(recipe, "op-tests", fake_image.image_id, passed=True,
+                                     summary={"counts": {"passed": 21, "failed": 0, "skipped": 42, "total": 63},
+                                              "verdict": verdict}))
     record = publish(recipe, fake_image.ref, PublishOptions(dry_run=True, accept_untested_op_tests="unused"))
     assert record.waivers == []
     text = render_card(recipe, record)
