@@ -126,8 +126,9 @@ _MD_INLINE = re.compile(r"[\\`*\[\]<>|!~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 _MD_BLOCK_START = re.compile(r"^(\s*)(>|([#+=-])(?=\s|$|\3)|\d{1,9}(?=[.)](?:\s|$)))")
 
 
-def md(value: object) -> Safe:
-    """Plain text as Markdown that renders as exactly that text: one line, specials backslash-escaped."""
+def md(value: object, *, cell: bool = False) -> Safe:
+    """Plain text as Markdown that renders as exactly that text: one line, specials backslash-escaped (and,
+    outside table cells, where nothing can open a block, a leading block marker too)."""
     if isinstance(value, Safe):
         return value
     if isinstance(value, bool) or value is None:
@@ -136,6 +137,8 @@ def md(value: object) -> Safe:
         return Safe(str(value))
     text = " ".join(str(value).splitlines())
     text = _MD_INLINE.sub(lambda m: "\\" + m.group(), text.replace("&", "&amp;"))
+    if cell:
+        return Safe(text)
     # a line opening with a heading, quote, list or rule marker would start a block
     text = _MD_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2) if not m.group(2)[0].isdigit()
                                else m.group(1) + m.group(2) + "\\", text, count=1)
@@ -167,7 +170,7 @@ def py(value: object) -> Safe:
 
 
 def _row(cells: list[object]) -> Safe:
-    return Safe("| " + " | ".join(md(c) for c in cells) + " |")
+    return Safe("| " + " | ".join(md(c, cell=True) for c in cells) + " |")
 
 
 def table_lines(header: list[object], rows: list[list[object]]) -> list[Safe]:
