@@ -81,7 +81,8 @@ def cached_source() -> PristineTree | None:
     mode = os.environ.get("FLAGREL_SOURCE", "auto")
     try:
         up = tomllib.loads(paths.lock_file().read_text(encoding="utf-8"))["upstream"]
-        fields = {key: str(up[key]) for key in ("name", "version", "git_commit", "sdist_sha256")}
+        fields = {key: str(up[key]) for key in ("name", "version", "git_commit", "sdist_sha256", "git_url",
+                                                "sdist_url")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
     pins = {"git": fields["git_commit"], "sdist": fields["sdist_sha256"]}
@@ -89,7 +90,9 @@ def cached_source() -> PristineTree | None:
     for origin in origins:
         if not re.fullmatch(r"[0-9a-f]{7,64}", pins[origin]):
             return None
-        tree = _load_marker(f"{fields['name']}-{fields['version']}-{pins[origin][:12]}")
+        # the entry counts only when it was made from this full pin and URL, as in fetch_source
+        want = {"origin": origin, "url": fields["git_url" if origin == "git" else "sdist_url"], "pin": pins[origin]}
+        tree = _load_marker(f"{fields['name']}-{fields['version']}-{pins[origin][:12]}", want, say=False)
         if tree:
             return tree
     return None
