@@ -67,3 +67,15 @@ def build_recipe(recipe: str, vendor: str, options=None):
 def tiny_cpu_image(debian_base):
     """The real tiny-cpu image, built once per run (a no-op when the content key already exists)."""
     return build_recipe("tiny-cpu", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_flagscale_image(debian_base):
+    """tiny-cpu served through `flagscale serve`: the tiny-cpu image's layers plus its own baked config."""
+    return build_recipe("tiny-cpu-flagscale", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_2node_image(debian_base):
+    """tiny-cpu over a two-node Ray cluster: the cpu image with Ray (and an ssh client) in it."""
+    return build_recipe("tiny-cpu-2node", "cpu")

@@ -274,9 +274,13 @@ def engine_arg_value(value: Any) -> Any:
 
 
 def engine_argv(recipe: Recipe, model_path: str, host: str, port: int) -> list[str]:
-    """The serve arguments as an argument list (never a shell string)."""
-    argv = ["--model", model_path, "--served-model-name", recipe.serve.served_model_name,
-            "--host", host, "--port", str(port)]
+    """The API server's arguments as an argument list (never a shell string)."""
+    return ["--model", model_path, *serve_flags(recipe, host, port)]
+
+
+def serve_flags(recipe: Recipe, host: str, port: int) -> list[str]:
+    """Every serve flag but the model: `vllm serve MODEL <these>`."""
+    argv = ["--served-model-name", recipe.serve.served_model_name, "--host", host, "--port", str(port)]
     for key, raw in recipe.serve.engine_args.items():
         value = engine_arg_value(raw)
         flag = "--" + key.replace("_", "-")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -140,11 +141,80 @@ class Container:
                            timeout=300)
         return path
 
-    def exec(self, argv: Sequence[str], *, timeout: float = 60) -> subprocess.CompletedProcess:
-        return call(["exec", self.name, *argv], check=False, timeout=timeout)
+    def _exec_args(self, argv: Sequence[str], env: Mapping[str, str] | None, workdir: str | None) -> list[str]:
+        opts = [arg for key, value in (env or {}).items() for arg in ("-e", f"{key}={value}")]
+        if workdir is not None:
+            opts += ["--workdir", workdir]
+        return ["exec", *opts, self.name, *argv]
+
+    def exec(self, argv: Sequence[str], *, timeout: float = 60, env: Mapping[str, str] | None = None,
+             workdir: str | None = None) -> subprocess.CompletedProcess:
+        """`docker exec [-e K=V ...] NAME ARGV`, output captured, never raising on a non-zero exit."""
+        return call(self._exec_args(argv, env, workdir), check=False, timeout=timeout)
+
+    def exec_logged(self, argv: Sequence[str], log: Path, *, timeout: float = 120,
+                    env: Mapping[str, str] | None = None) -> int:
+        """`docker exec NAME ARGV` in the foreground, its command line and output appended to LOG."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            out.write(f"$ {shlex.join(argv)}\n".encode())
+            out.flush()
+            try:
+                return subprocess.run(["docker", *self._exec_args(argv, env, None)], stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+                                      timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                out.write(f"(still running after {timeout:.0f}s: given up)\n".encode())
+                return 124
+
+    def exec_background(self, argv: Sequence[str], log: Path, *,
+                        env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """`docker exec NAME ARGV` left running, its command line and output appended to LOG on the host.
+
+        The client runs in its own session (the terminal's Ctrl-C reaches only us); it ends when the
+        process ends or the container is removed. Callers reap it with stop_client()."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            out.write(f"$ {shlex.join(argv)}\n".encode())
+            out.flush()
+            return subprocess.Popen(["docker", *self._exec_args(argv, env, None)], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def copy_out(self, src: str, dest: Path) -> bool:
+        """`docker cp NAME:SRC DEST` (a file or a folder); False when SRC is not there."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return call(["cp", f"{self.name}:{src}", str(dest)], check=False, timeout=120).returncode == 0
+
+    def pid(self) -> int:
+        """The host pid of the container's first process (0 when it is not running)."""
+        proc = call(["container", "inspect", "--format", "{{.State.Pid}}", self.name], check=False)
+        return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
 
     def remove(self) -> None:
         remove_container(self.name)
+
+
+def stop_client(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Reap a docker client started by exec_background: wait for it (its container is gone or going),
+    then kill it."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def memory_usage(names: Sequence[str]) -> dict[str, str]:
+    """Each running container's memory use now, as `docker stats --no-stream` prints it (e.g. 2.9GiB)."""
+    if not names:
+        return {}
+    proc = call(["stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}", *names], check=False, timeout=120)
+    usage = {}
+    for line in proc.stdout.splitlines():
+        name, _, mem = line.partition("\t")
+        if name in names:
+            usage[name] = mem.split("/")[0].strip()
+    return usage
 
 
 def _unique_name(prefix: str) -> str:

@@ -8,9 +8,11 @@ more than that, which the engine must refuse with a 400 and go on serving.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,3 +164,53 @@ def run_checks(recipe: Recipe, host: str, port: int, stack_id: str | None) -> tu
             info("  - over-limit: the recipe declares no limit_mm_per_prompt image limit, nothing to exceed")
     _check(checks, "stamp", stamp)
     return checks, round(ttft, 4) if ttft is not None else None
+
+
+# the actor classes vLLM's Ray executors run a worker in (RayExecutorV2, the compiled-graph executor)
+VLLM_WORKER_CLASSES = ("RayWorkerProc", "RayWorkerWrapper")
+
+
+def check_cluster(ask: Callable[[], dict], ips: list[str], per_node: int) -> tuple[Check, dict[str, dict]]:
+    """Ray's own view of a multi-node engine: every node alive, each with `per_node` live vLLM workers, and
+    no other node. `ask` returns {"nodes": [{ip, alive, cpus}], "actors": [{class, name, state, ip}]}."""
+    try:
+        facts = ask()
+    except Exception as exc:  # the check fails, the smoke goes on
+        return Check("cluster", False, f"{type(exc).__name__}: {exc}"[:300]), {}
+    by_ip: dict[str, dict] = {ip: {"alive": False, "cpus": 0, "workers": []} for ip in ips}
+    strangers = []
+    for node in facts.get("nodes", []):
+        if node["ip"] in by_ip:
+            if node["alive"]:
+                by_ip[node["ip"]].update(alive=True, cpus=node["cpus"])
+        elif node["alive"]:
+            strangers.append(node["ip"])
+    for actor in facts.get("actors", []):
+        if actor["class"] in VLLM_WORKER_CLASSES and actor["state"] == "ALIVE" and actor["ip"] in by_ip:
+            by_ip[actor["ip"]]["workers"].append(actor["name"] or actor["class"])
+    passed = not strangers and all(n["alive"] and len(n["workers"]) == per_node for n in by_ip.values())
+    detail = "; ".join(f"{ip} {'alive' if n['alive'] else 'NOT ALIVE'}, {len(n['workers'])} vLLM worker(s)"
+                       for ip, n in by_ip.items())
+    if strangers:
+        detail += f"; unexpected nodes {', '.join(strangers)}"
+    return Check("cluster", passed, detail), by_ip
+
+
+def _loopback_or_wildcard(listener: str) -> bool:
+    address = ipaddress.ip_address(listener.rsplit(":", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
+def check_isolation(network: dict) -> Check:
+    """Nothing listens outside loopback: the nodes' namespace has no interface but `lo`, so its wildcard
+    listeners (Ray binds every interface) are reachable on loopback only, and no listener names another
+    address."""
+    interfaces, listeners = network["interfaces"], network["listeners"]
+    strays = [item for item in listeners if not _loopback_or_wildcard(item)]
+    wildcard = [item for item in listeners if ipaddress.ip_address(item.rsplit(":", 1)[0]).is_unspecified]
+    passed = interfaces == ["lo"] and not strays
+    detail = (f"interfaces {interfaces}; {len(listeners)} TCP listeners, {len(wildcard)} of them on a wildcard "
+              f"address (loopback-only here)" + (f"; not loopback: {', '.join(strays)}" if strays else ""))
+    return Check("isolation", passed, detail)

@@ -1,0 +1,207 @@
+"""Serving the way the release notes serve, for real: `flagscale serve` in the image, and two Ray nodes on
+one host (loopback addresses 127.0.0.2/127.0.0.3) holding one pipeline stage each.
+
+The e2e tests build the two images (a no-op when their content keys exist) and serve each once; the
+others run the same launchers on the plain Debian base to prove that a failed start and a Ctrl-C leave
+no container behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.core.errors import UserError
+from tools.core.recipe import load_recipe
+from tools.mech.docker import image_id, leftover_containers
+from tools.stages import launch, results
+from tools.stages import smoke as smoke_stage
+from tools.stages.smoke import NAME_PREFIX, SmokeFailed, smoke
+
+pytestmark = pytest.mark.docker
+
+ALL_PASSED = {"models": True, "chat": True, "stream": True, "stamp": True}
+
+
+def _gib(text: str) -> float:
+    """docker stats' memory text (e.g. '2.93GiB', '812.5MiB') in GiB."""
+    number, unit = re.fullmatch(r"([0-9.]+)([KMG]i?B)", text).groups()
+    return float(number) / {"KiB": 1024**2, "MiB": 1024, "GiB": 1}[unit]
+
+
+# ---- FlagScale, one node -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flagscale_run(tiny_cpu_flagscale_image, tmp_path_factory, monkeypatch_module):
+    build = tmp_path_factory.mktemp("fs") / "build"
+    monkeypatch_module.setenv("FLAGREL_BUILD", str(build))
+    recipe, _ = load_recipe("tiny-cpu-flagscale")
+    _, image = tiny_cpu_flagscale_image
+    report = smoke(recipe, image.ref)
+    print(report.summary())
+    return recipe, image, report
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.e2e
+def test_flagscale_serve_passes_the_openai_checks_and_the_stamp(flagscale_run) -> None:
+    recipe, image, report = flagscale_run
+    assert report.launcher == "flagscale" and report.host == "127.0.0.1"
+    assert {c.name: c.passed for c in report.checks} == ALL_PASSED, report.summary()
+    assert report.passed and report.start_to_ready_s and report.ttft_s is not None
+    assert report.launch_s is not None and report.launch_s < report.start_to_ready_s
+    stored = results.load(image_id(image.ref), "smoke")
+    assert stored is not None and stored.passed and stored.summary["launcher"] == "flagscale"
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+
+
+@pytest.mark.e2e
+def test_flagscale_serve_starts_the_engine_from_the_baked_config(flagscale_run) -> None:
+    """`flagscale serve tiny_cpu_flagscale`, no file edited: FlagScale resolved the config baked into the
+    image and ran `vllm serve` with the recipe's values; its engine log is the one the report names."""
+    recipe, _, report = flagscale_run
+    assert report.docker_run.splitlines()[-1].endswith("flagscale serve tiny_cpu_flagscale")
+    engine_log = Path(report.container_log)
+    assert engine_log.name == "host_0_localhost.output" and engine_log.is_file()
+    serve_logs = engine_log.parent
+    resolved = yaml.safe_load((serve_logs / "scripts" / "serve.yaml").read_text())
+    # read from the image's examples tree: flag_scale/examples/tiny_cpu_flagscale/conf
+    assert resolved["experiment"]["exp_name"] == "tiny_cpu_flagscale_tiny"
+    assert resolved["experiment"]["exp_dir"] == f"{launch.EXP_MOUNT}/tiny_cpu_flagscale_tiny"
+    args = resolved["serve"][0]["engine_args"]
+    assert (args["model"], args["served_model_name"], args["host"], args["port"]) == \
+        ("/models/tiny-llama", "tiny-cpu-flagos", "127.0.0.1", report.port)
+    assert resolved["serve"][0]["engine_args_specific"]["vllm"]["enforce_eager"] is True
+    assert resolved["experiment"]["envs"]["VLLM_CPU_KVCACHE_SPACE"] == 1
+    script = (serve_logs / "scripts" / "host_0_localhost_run.sh").read_text()
+    assert "flagscale/serve/run_inference_engine.py" in script and "ray start" not in script
+    assert (serve_logs / "pids" / "host_0_localhost.pid").read_text().strip().isdigit()
+    text = engine_log.read_text(errors="replace")
+    assert "Starting vLLM" in text or "Application startup complete" in text, text[-2000:]
+
+
+# ---- two nodes through Ray ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twonode_run(tiny_cpu_2node_image, tmp_path_factory, monkeypatch_module):
+    build = tmp_path_factory.mktemp("twonode") / "build"
+    monkeypatch_module.setenv("FLAGREL_BUILD", str(build))
+    recipe, _ = load_recipe("tiny-cpu-2node")
+    _, image = tiny_cpu_2node_image
+    report = smoke(recipe, image.ref)
+    print(report.summary())
+    return recipe, image, report
+
+
+@pytest.mark.e2e
+def test_two_nodes_serve_through_ray_and_pass_the_checks(twonode_run) -> None:
+    recipe, image, report = twonode_run
+    assert report.launcher == "ray-cluster" and report.host == "127.0.0.2"
+    assert {c.name: c.passed for c in report.checks} == {**ALL_PASSED, "cluster": True, "isolation": True}, \
+        report.summary()
+    assert report.passed and report.start_to_ready_s
+    saved = json.loads(Path(report.report_path).read_text())
+    assert saved["nodes"] == report.nodes and saved["start_to_ready_s"] == report.start_to_ready_s
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+
+
+@pytest.mark.e2e
+def test_report_shows_both_nodes_alive_with_one_vllm_worker_each(twonode_run) -> None:
+    _, _, report = twonode_run
+    assert [n["ip"] for n in report.nodes] == ["127.0.0.2", "127.0.0.3"]
+    for rank, node in enumerate(report.nodes):
+        assert node["rank"] == rank and node["alive"] is True and node["cpus"] == 1.0
+        assert len(node["workers"]) == 1 and node["workers"][0].endswith(f"PP{rank}"), node
+        assert re.fullmatch(rf"{NAME_PREFIX}-tiny-cpu-2node-node{rank}-[0-9a-f]{{8}}", node["container"])
+        # the head holds the API server, the engine core and stage 0; the other only stage 1
+        assert 0.2 < _gib(node["memory"]) < 8, node["memory"]
+
+
+@pytest.mark.e2e
+def test_nothing_listens_outside_loopback(twonode_run) -> None:
+    """Ray binds every interface; the nodes' shared namespace has no interface but lo, and the API server,
+    Ray's GCS (6379) and the client server are among its listeners."""
+    _, _, report = twonode_run
+    assert report.network["interfaces"] == ["lo"]
+    listeners = report.network["listeners"]
+    assert f"127.0.0.2:{report.port}" in listeners and any(item.endswith(":6379") for item in listeners)
+    assert "--network none" in report.docker_run.splitlines()[0]  # node 0 makes the namespace
+    assert f"--network container:{report.nodes[0]['container']}" in report.docker_run
+
+
+@pytest.mark.e2e
+def test_each_nodes_log_is_kept(twonode_run) -> None:
+    _, _, report = twonode_run
+    head, other = (Path(n["log"]) for n in report.nodes)
+    head_text, other_text = head.read_text(errors="replace"), other.read_text(errors="replace")
+    assert "--node-ip-address=127.0.0.2" in head_text and "vllm serve /models/tiny-llama" in head_text
+    assert "--address=127.0.0.2:" in other_text and "--node-ip-address=127.0.0.3" in other_text
+    # stage 1 ran on node 1: Ray forwards its worker's lines to the head's log, tagged with its address
+    assert re.search(r"ip=127\.0\.0\.3\).*PP rank 1", head_text), head_text[-3000:]
+    # and Ray's own logs of each node came out of the container before it was removed
+    for rank, log in enumerate((head, other)):
+        ray_logs = log.with_name(f"node{rank}-ray")
+        assert (ray_logs / "raylet.out").is_file(), sorted(p.name for p in ray_logs.iterdir())
+
+
+# ---- failed starts and Ctrl-C leave nothing behind (plain Debian base: no Ray, no vLLM) ----------------
+
+
+def test_a_failed_ray_start_removes_both_containers(debian_base, build_dir, tmp_path) -> None:
+    recipe, _ = load_recipe("tiny-cpu-2node")
+    with pytest.raises(UserError) as err:
+        smoke(recipe, debian_base, model_dir=tmp_path)
+    assert "`ray start` on node0 (127.0.0.2) failed" in err.value.what
+    node_log = Path(err.value.where)
+    assert node_log.name == "node0.log" and "ray start --head" in node_log.read_text()
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+    # recorded like any other failed smoke
+    stored = results.load(image_id(debian_base), "smoke")
+    assert stored is not None and not stored.passed and "ray start" in stored.summary["failure"]
+
+
+def test_an_engine_that_dies_is_reported_at_once_and_both_nodes_go(debian_base, build_dir, tmp_path,
+                                                                    monkeypatch) -> None:
+    # Ray "starts" (a stand-in that succeeds); `vllm serve` is missing, so the engine dies at once
+    monkeypatch.setattr(launch, "ray_start_argv", lambda *args: ["true"])
+    recipe, _ = load_recipe("tiny-cpu-2node")
+    with pytest.raises(SmokeFailed) as caught:
+        smoke(recipe, debian_base, model_dir=tmp_path, timeout_s=120)
+    assert "vllm serve on node 0 exited with code" in caught.value.what
+    assert caught.value.report.start_to_ready_s is None
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+
+
+def test_ctrl_c_while_waiting_removes_both_containers(debian_base, build_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(launch, "ray_start_argv", lambda *args: ["true"])
+    seen: list[list[str]] = []
+
+    def interrupt(served, *args):
+        seen.append([c.name for c in served.containers if c.state().running])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(smoke_stage, "_wait_ready", interrupt)
+    recipe, _ = load_recipe("tiny-cpu-2node")
+    with pytest.raises(KeyboardInterrupt):
+        smoke(recipe, debian_base, model_dir=tmp_path)
+    assert len(seen[0]) == 2  # both nodes were up when the interrupt came
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+
+
+def test_flagscale_missing_from_the_image_is_a_clear_failed_start(debian_base, build_dir, tmp_path) -> None:
+    recipe, _ = load_recipe("tiny-cpu-flagscale")
+    with pytest.raises(UserError) as err:
+        smoke(recipe, debian_base, model_dir=tmp_path)
+    assert "flagscale serve tiny_cpu_flagscale" in err.value.what and "started no engine" in err.value.what
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
