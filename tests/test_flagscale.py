@@ -41,10 +41,12 @@ def test_ernie_matches_its_note():
     assert top["defaults"] == note_top["defaults"] == ["_self_", {"serve": "300b"}]
     assert top["experiment"]["exp_name"] == note_top["experiment"]["exp_name"]
     assert top["experiment"]["task"] == note_top["experiment"]["task"]
-    assert top["experiment"]["deploy"] == note_top["experiment"]["deploy"]
+    # the note's experiment.deploy sits where FlagScale moves it on load (runner.deploy): there `--port` works
+    assert "deploy" not in top["experiment"]
+    assert top["experiment"]["runner"]["deploy"] == note_top["experiment"]["deploy"]
     assert (top["action"], top["hydra"]) == (note_top["action"], note_top["hydra"])
     runner, note_runner = top["experiment"]["runner"], note_top["experiment"]["runner"]
-    assert set(runner) == set(note_runner)
+    assert set(runner) == set(note_runner) | {"deploy"}
     assert (runner["nnodes"], runner["nproc_per_node"]) == (note_runner["nnodes"], note_runner["nproc_per_node"])
     # what the note edits by hand comes from the site's environment
     assert runner["hostfile"] == "${oc.env:FLAGOS_HOSTFILE}"
@@ -87,7 +89,7 @@ def test_single_node_release_has_no_hostfile_and_no_ray_runner():
     # the note's own FlagScale example and size: `flagscale serve robobrain2`, serve/7b.yaml
     assert set(ours) == {"robobrain2/conf/serve.yaml", "robobrain2/conf/serve/7b.yaml"}
     assert ours["robobrain2/conf/serve.yaml"]["experiment"]["runner"] == {
-        "ssh_port": "${oc.env:FLAGOS_SSH_PORT,22}"}
+        "ssh_port": "${oc.env:FLAGOS_SSH_PORT,22}", "deploy": {"use_fs_serve": False}}
 
 
 def _recipe(**serve: Any) -> Recipe:

@@ -8,8 +8,10 @@ no container behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,12 @@ def flagscale_run(tiny_cpu_flagscale_image, tmp_path_factory, monkeypatch_module
     monkeypatch_module.setenv("FLAGREL_BUILD", str(build))
     recipe, _ = load_recipe("tiny-cpu-flagscale")
     _, image = tiny_cpu_flagscale_image
-    report = smoke(recipe, image.ref)
+    # the recipe's port is held busy, so the smoke moves the engine with FlagScale's own --port
+    with socket.socket() as busy:
+        with contextlib.suppress(OSError):  # already busy: the same path
+            busy.bind(("127.0.0.1", recipe.serve.port))
+            busy.listen()
+        report = smoke(recipe, image.ref)
     print(report.summary())
     return recipe, image, report
 
@@ -70,7 +77,8 @@ def test_flagscale_serve_starts_the_engine_from_the_baked_config(flagscale_run) 
     """`flagscale serve tiny_cpu_flagscale`, no file edited: FlagScale resolved the config baked into the
     image and ran `vllm serve` with the recipe's values; its engine log is the one the report names."""
     recipe, _, report = flagscale_run
-    assert report.docker_run.splitlines()[-1].endswith("flagscale serve tiny_cpu_flagscale")
+    assert report.port != recipe.serve.port
+    assert report.docker_run.splitlines()[-1].endswith(f"flagscale serve tiny_cpu_flagscale --port {report.port}")
     engine_log = Path(report.container_log)
     assert engine_log.name == "host_0_localhost.output" and engine_log.is_file()
     serve_logs = engine_log.parent

@@ -100,6 +100,10 @@ def serve_config(recipe: Recipe, site_packages: str) -> ServeConfig:
             "docker": f"${{oc.env:{ENV_CONTAINER},{CONTAINER}}}",
         }
     runner["ssh_port"] = f"${{oc.env:{ENV_SSH_PORT},22}}"
+    # Where FlagScale 0.8.0 itself moves `experiment.deploy` when it loads the config (the notes' examples
+    # still use the old place). Left at the old place, `flagscale serve NAME --port N` dies: FlagScale moves
+    # it into a struct node and then cannot add the port (omegaconf ConfigAttributeError).
+    runner["deploy"] = {"use_fs_serve": False}
     top = {
         "defaults": ["_self_", {"serve": size}],
         "experiment": {
@@ -107,7 +111,6 @@ def serve_config(recipe: Recipe, site_packages: str) -> ServeConfig:
             "exp_dir": f"${{oc.env:{ENV_EXP_DIR},/tmp/flagscale}}/${{experiment.exp_name}}",
             "task": {"type": "serve"},
             "runner": runner,
-            "deploy": {"use_fs_serve": False},
             "envs": {key: _env_value(value) for key, value in {**serve.env, **recipe.run.env}.items()},
         },
         "action": "run",
