@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 from pathlib import Path
@@ -103,6 +104,8 @@ def test_flagscale_serve_starts_the_engine_from_the_baked_config(flagscale_run) 
 
 @pytest.fixture(scope="module")
 def twonode_run(tiny_cpu_2node_image, tmp_path_factory, monkeypatch_module):
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("the two-node smoke joins the nodes' private network namespace, which needs root")
     build = tmp_path_factory.mktemp("twonode") / "build"
     monkeypatch_module.setenv("FLAGREL_BUILD", str(build))
     recipe, _ = load_recipe("tiny-cpu-2node")
@@ -212,4 +215,16 @@ def test_flagscale_missing_from_the_image_is_a_clear_failed_start(debian_base, b
     with pytest.raises(UserError) as err:
         smoke(recipe, debian_base, model_dir=tmp_path)
     assert "flagscale serve tiny_cpu_flagscale" in err.value.what and "started no engine" in err.value.what
+    assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
+
+
+def test_without_rights_to_join_the_nodes_network_it_says_so(debian_base, build_dir, tmp_path, monkeypatch) -> None:
+    def refused(pid, fn, *args, **kwargs):
+        raise PermissionError(1, f"cannot join the network namespace of pid {pid}: Operation not permitted")
+
+    monkeypatch.setattr(launch.netns, "call_in", refused)
+    recipe, _ = load_recipe("tiny-cpu-2node")
+    with pytest.raises(UserError) as err:
+        smoke(recipe, debian_base, model_dir=tmp_path)
+    assert "cannot reach the nodes' private network" in err.value.what and "root" in err.value.fix
     assert leftover_containers(f"{NAME_PREFIX}-{recipe.name}") == []
