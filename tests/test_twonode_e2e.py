@@ -73,7 +73,7 @@ def test_flagscale_serve_passes_the_openai_checks_and_the_stamp(flagscale_run) -
     assert {c.name: c.passed for c in report.checks} == ALL_PASSED, report.summary()
     assert report.passed and report.start_to_ready_s and report.ttft_s is not None
     assert report.launch_s is not None and report.launch_s < report.start_to_ready_s
-    stored = results.load(image_id(image.key_ref), "smoke")
+    stored = results.load(image_id(image.key_ref), recipe.name, "smoke")
     assert stored is not None and stored.passed and stored.summary["launcher"] == "flagscale"
     assert _ours_left(recipe, report) == set()
 
@@ -185,7 +185,7 @@ def test_a_failed_ray_start_removes_both_containers(debian_base, build_dir, tmp_
     assert node_log.name == "node0.log" and "ray start --head" in node_log.read_text()
     assert set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}")) <= before
     # recorded like any other failed smoke
-    stored = results.load(image_id(debian_base), "smoke")
+    stored = results.load(image_id(debian_base), recipe.name, "smoke")
     assert stored is not None and not stored.passed and "ray start" in stored.summary["failure"]
 
 
