@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import shlex
 import subprocess
@@ -292,9 +293,11 @@ def image_labels(ref: str) -> dict[str, str]:
 
 
 def leftover_containers(name_prefix: str) -> list[str]:
-    """Names of containers (any state) whose name starts with the prefix: tests assert none remain."""
+    """Names of containers (any state) that running_container(name_prefix=PREFIX) or PREFIX-nodeN made: tests
+    assert none remain. Exact: the prefix of recipe tiny-cpu does not match containers of tiny-cpu-2node."""
     proc = call(["ps", "-a", "--filter", f"name=^/?{name_prefix}", "--format", "{{.Names}}"], check=False)
-    return [n for n in proc.stdout.split() if n.startswith(name_prefix)]
+    mine = re.compile(re.escape(name_prefix) + r"(-node[0-9]+)?-[0-9a-f]{8}")
+    return [n for n in proc.stdout.split() if mine.fullmatch(n)]
 
 
 def _quiet(args: Sequence[str], timeout: float = 20) -> str | None:
