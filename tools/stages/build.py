@@ -99,6 +99,13 @@ def failing_step(lines: list[str]) -> str | None:
     return headers.get(failed) if failed else None
 
 
+def _secret_file(path: Path, text: str) -> Path:
+    """A BuildKit secret's source: created owner-only before the secret is written into it."""
+    path.touch(mode=0o600)
+    path.write_text(text)
+    return path
+
+
 def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> BuiltImage:
     plan = ctx.plan
     key_ref = local_image(plan.recipe, ctx.content_key[:12])
@@ -132,16 +139,10 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
             cmd += ["--secret", f"id=cacert,src={ca}"]
         pip_conf = _pip_config(options)
         if pip_conf:
-            conf_path = Path(secrets_dir) / "pip.conf"
-            conf_path.touch(mode=0o600)
-            conf_path.write_text(pip_conf)
-            cmd += ["--secret", f"id=pipconf,src={conf_path}"]
+            cmd += ["--secret", f"id=pipconf,src={_secret_file(Path(secrets_dir) / 'pip.conf', pip_conf)}"]
         uv_env = _uv_env(options)
         if uv_env:
-            env_path = Path(secrets_dir) / "uv.env"
-            env_path.touch(mode=0o600)
-            env_path.write_text(uv_env)
-            cmd += ["--secret", f"id=uvenv,src={env_path}"]
+            cmd += ["--secret", f"id=uvenv,src={_secret_file(Path(secrets_dir) / 'uv.env', uv_env)}"]
         # proxy variables are predefined build args: BuildKit keeps them out of the image history
         proxies = {var: os.environ[var] for var in PROXY_VARS if os.environ.get(var)} | options.proxies
         for var, value in proxies.items():
