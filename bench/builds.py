@@ -10,6 +10,9 @@
   no-op rebuild       same inputs again: the content key short-cuts the build
   one-patch rebuild   a one-line change in one patch: only the overlay and the stamp check rebuild
   plain docker build  the same rendered Dockerfile, whole patched source tree (+ wheels) as context
+  push                the uv image to the local htpasswd registry (127.0.0.1:5000), a new repository
+Each cold build also prints its slowest BuildKit steps, read from its build log (uv's own lines split
+install from byte-compiling).
 
 Usage: python bench/builds.py [--keep-cache] [--patch-rows]  (--patch-rows: also the one-patch/plain rows)
 Goals: uv+lock cold build <= 50% of pip's; no-op main job <= 2 s; start to ready <= 40 s;
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +93,45 @@ def start_to_ready(image_ref: str) -> float:
     report = smoke(recipe, image_ref)
     assert report.passed and report.start_to_ready_s is not None
     return report.start_to_ready_s
+
+
+_STEP = re.compile(r"^#(\d+) (\[[^\]]*\] .*)$")
+_DONE = re.compile(r"^#(\d+) DONE ([0-9.]+)s$")
+_UV = re.compile(r"^#\d+ [0-9.]+ ((?:Prepared|Installed|Bytecode compiled) .* in .*)$")
+
+
+def slowest_steps(log: Path, top: int = 4) -> list[str]:
+    """The slowest steps of a --progress=plain build log, plus uv's own timing lines."""
+    titles: dict[str, str] = {}
+    done: dict[str, float] = {}
+    uv_lines: list[str] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if m := _STEP.match(line):
+            titles.setdefault(m.group(1), m.group(2)[:70])
+        elif m := _DONE.match(line):
+            done[m.group(1)] = float(m.group(2))
+        elif m := _UV.match(line):
+            uv_lines.append(f"    uv: {m.group(1)}")
+    ranked = sorted(done.items(), key=lambda kv: -kv[1])[:top]
+    return [f"    {seconds:7.1f}s  {titles.get(step, '#' + step)}" for step, seconds in ranked] + uv_lines
+
+
+def push_seconds(image: str) -> float:
+    """docker push of the image to the local registry under a repository it has never seen."""
+    from tools.mech.local_registry import ensure_local_registry
+    from tools.mech.registry import Credentials, docker_env
+
+    registry = ensure_local_registry()
+    ref = f"{registry.address}/flagrelease-bench:push-{int(time.time())}"
+    subprocess.run(["docker", "tag", image, ref], check=True)
+    creds = Credentials(registry.user, registry.password, source="bench", from_env=True)
+    try:
+        with docker_env(registry.address, creds) as env:
+            start = time.monotonic()
+            subprocess.run(["docker", "push", ref], check=True, capture_output=True, env=env)
+            return time.monotonic() - start
+    finally:
+        subprocess.run(["docker", "rmi", ref], check=False, capture_output=True)
 
 
 def one_build(options: BuildOptions) -> tuple[float, object, object]:
@@ -161,6 +204,9 @@ def main() -> int:
         prune_cache_mounts()
     cold, ctx, uv_image = one_build(BuildOptions(no_cache=True))
     rows.append(("cold build, uv + lock (hash-checked, byte-compiled)", cold))
+    for name, image in (("pip", pip_image), ("uv + lock", uv_image)):
+        if image.log:
+            print(f"slowest steps, cold build {name} (log: {image.log}):", *slowest_steps(image.log), sep="\n")
     first = timed_main_job()
     rows.append(("main job, first (validates: smoke + op tests)", first))
     noop = timed_main_job()
@@ -171,6 +217,7 @@ def main() -> int:
     ready_nopyc = start_to_ready(nopyc)
     rows.append(("start to ready, same image without .pyc", ready_nopyc))
     built = {pip_image.image_id, uv_image.image_id, image_id(nopyc)}
+    rows.append(("push to the local registry (new repository)", push_seconds(uv_image.image_id)))
     if args.patch_rows:
         edit_one_patch("1")
         one, ctx2, image2 = one_build(BuildOptions())

@@ -22,7 +22,7 @@ def _lock_text(**versions: str) -> str:
         pins[name] = version
     pins |= versions
     hashes = pylock.expected_hashes(lock, "cpu")
-    lines = ["# python=3.11", "# platform=x86_64-manylinux_2_28", pylock.SECTION + "resolved"]
+    lines = ["# python=3.11", "# platform=x86_64-manylinux_2_36", pylock.SECTION + "resolved"]
     for name, version in pins.items():
         if name == "ray":
             lines.append(pylock.SECTION + "multi-node")

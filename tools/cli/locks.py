@@ -20,6 +20,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "lock-deps":
         parser.add_argument("--wheelhouse", action="append", default=[],
                             help="wheel folder for wheels no index has (default: pip's find-links)")
+        parser.add_argument("--upgrade", action="store_true",
+                            help="resolve every package anew (default: keep the locked versions the pins allow)")
 
 
 def command(name: str, args: argparse.Namespace) -> int:
@@ -38,7 +40,7 @@ def command(name: str, args: argparse.Namespace) -> int:
     for vendor in chosen:
         with phase(f"Lock {vendor}'s Python packages (uv pip compile)"):
             try:
-                text = pylock.compile_lock(loaded.lock, vendor, folders)
+                text = pylock.compile_lock(loaded.lock, vendor, folders, upgrade=args.upgrade)
             except UserError as err:
                 if args.vendor:
                     raise

@@ -142,6 +142,8 @@ class VendorPins(Strict):
     python: Annotated[str, Field(pattern=r"^3\.[0-9]+$")]
     torch: ExactVersion
     torch_index_url: HttpsUrl | None = None
+    # the base image's glibc: the manylinux level the vendor's Python lock is resolved for
+    glibc: Annotated[str, Field(pattern=r"^2\.[0-9]{1,2}$")] = "2.28"
     # Wheels that are not on the index the build uses (the CPU torch lies in a local wheel folder).
     wheelhouse: tuple[LocalWheel, ...] = ()
     # The upstream binary wheel of exactly the pinned version (fast path). None: the patched tree is

@@ -19,15 +19,20 @@ from pathlib import Path
 
 from tools import PROJECT_ROOT
 from tools.core.errors import UserError
-from tools.core.lock import LoadedLock, Lock
+from tools.core.lock import LoadedLock, Lock, VendorPins
 
 SECTION = "# --- section: "
 SECTIONS = ("resolved", "no-deps", "multi-node")
 # PyPI's builds of these are CUDA builds that break imports beside a CPU torch; never in a cpu image
 CPU_EXCLUDED = ("torchvision", "torchaudio", "torchcodec")
-PLATFORMS = {"linux/amd64": "x86_64-manylinux_2_28", "linux/arm64": "aarch64-manylinux_2_28"}
+ARCHES = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
 _ENTRY = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+
+
+def platform_of(pins: VendorPins) -> str:
+    """uv's --python-platform for a vendor: its first platform's arch at its base image's glibc."""
+    return f"{ARCHES[pins.platforms[0]]}-manylinux_{pins.glibc.replace('.', '_')}"
 
 
 def normalize(name: str) -> str:
@@ -143,9 +148,9 @@ def disagreements(pylock: PyLock, lock: Lock) -> list[str]:
     problems: list[str] = []
     if pylock.python != pins.python:
         problems.append(f"python {pylock.python} (versions.lock vendors.{vendor}.python: {pins.python})")
-    platform = PLATFORMS.get(pins.platforms[0])
+    platform = platform_of(pins)
     if pylock.platform != platform:
-        problems.append(f"platform {pylock.platform} (versions.lock vendors.{vendor}.platforms: {platform})")
+        problems.append(f"platform {pylock.platform} (versions.lock vendors.{vendor}.platforms and glibc: {platform})")
     for name, (version, where) in expected_pins(lock, vendor).items():
         entry = pylock.entries.get(name)
         if entry is None:
@@ -183,20 +188,25 @@ def uv_binary() -> Path:
     return Path(find_uv_bin())
 
 
-def _compile(args: list[str], where: str, cwd: Path) -> str:
-    # relative input names keep temp paths out of uv's "# via -r ..." comments
-    proc = subprocess.run([str(uv_binary()), "pip", "compile", "--quiet", "--no-header", *args],
+def _compile(args: list[str], where: str, cwd: Path, keep: PyLock | None, out: str) -> str:
+    """One `uv pip compile` run. With keep, uv starts from its versions (written to the output file it
+    reads its preferences from) and changes only what the pins force; relative input names keep temp
+    paths out of uv's "# via -r ..." comments."""
+    output = cwd / out
+    output.write_text(keep.requirements(multinode=True) if keep else "", encoding="utf-8")
+    proc = subprocess.run([str(uv_binary()), "pip", "compile", "--quiet", "--no-header", *args, "-o", out],
                           capture_output=True, text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         raise UserError(f"uv pip compile failed: {proc.stderr.strip()[-1500:]}", where=where,
-                        fix="check that the index (and download.pytorch.org for torch builds) is reachable")
-    return proc.stdout
+                        fix="check that the index (and any torch index the lock names) is reachable")
+    return output.read_text(encoding="utf-8")
 
 
-def compile_lock(lock: Lock, vendor: str, find_links: list[Path]) -> str:
-    """The text of locks/<vendor>.txt, resolved now by uv."""
+def compile_lock(lock: Lock, vendor: str, find_links: list[Path], *, upgrade: bool = False) -> str:
+    """The text of locks/<vendor>.txt, resolved now by uv: from the versions of the lock there is (a
+    re-lock changes only what a changed pin forces), or from the newest the index has when upgrade."""
     pins = lock.vendors[vendor]
-    platform = PLATFORMS[pins.platforms[0]]
+    platform = platform_of(pins)
     common = ["--python-version", pins.python, "--python-platform", platform, "--generate-hashes"]
     for folder in find_links:
         common += ["--find-links", str(folder)]
@@ -208,6 +218,7 @@ def compile_lock(lock: Lock, vendor: str, find_links: list[Path]) -> str:
                         where=f"versions.lock vendors.{vendor}", fix="lock a vendor with engine_wheel")
     roots = [engine, f"torch=={pins.torch}", *lock.flaggems.runtime_deps, *lock.flagscale.runtime_deps]
     where = f"uv pip compile for {vendor}"
+    keep = None if upgrade else load(vendor)
     with tempfile.TemporaryDirectory(prefix="flagrel-lock-") as tmp:
         work = Path(tmp)
         (work / "roots.in").write_text("\n".join(roots) + "\n")
@@ -217,11 +228,11 @@ def compile_lock(lock: Lock, vendor: str, find_links: list[Path]) -> str:
         if vendor == "cpu":
             (work / "excludes.txt").write_text("\n".join(CPU_EXCLUDED) + "\n")
             excludes = ["--excludes", "excludes.txt"]
-        resolved = _compile(["roots.in", *common, *excludes], where, work)
+        resolved = _compile(["roots.in", *common, *excludes], where, work, keep, "resolved.txt")
         base = parse("# python=x\n# platform=x\n" + resolved, vendor, where)
         (work / "base.txt").write_text("".join(f"{e.name}=={e.version}\n" for e in base.entries.values()))
-        nodeps = _compile(["nodeps.in", "--no-deps", *common], where, work)
-        with_ray = _compile(["ray.in", "-c", "base.txt", *common, *excludes], where, work)
+        nodeps = _compile(["nodeps.in", "--no-deps", *common], where, work, keep, "nodeps.txt")
+        with_ray = _compile(["ray.in", "-c", "base.txt", *common, *excludes], where, work, keep, "ray.txt")
     extra = _only_new(with_ray, set(base.entries))
     header = [
         f"# Every Python package of the {vendor} image. Made by `nox -s lock-deps -- --vendor {vendor}`",
