@@ -39,12 +39,11 @@ from tools import PROJECT_ROOT  # noqa: E402
 from tools.core.lock import DebootstrapBase  # noqa: E402
 from tools.mech import host as engine
 from tools.mech.docker import image_exists, image_id  # noqa: E402
-from tools.pipeline import context_for  # noqa: E402
+from tools.pipeline import built_image, context_for  # noqa: E402
 from tools.stages import (
     patches,  # noqa: E402
     pylock,  # noqa: E402
 )
-from tools.stages.build import build_image  # noqa: E402
 from tools.stages.plan import (
     BuildOptions,  # noqa: E402
     plan_for,  # noqa: E402
@@ -78,9 +77,10 @@ def timed_main_job() -> float:
 def without_bytecode(image_ref: str) -> str:
     """The same image with every .pyc removed (what a build without --compile-bytecode ships)."""
     ref = "flagrelease-bench/no-pyc:latest"
+    source = "flagrelease-bench/with-pyc:latest"  # BuildKit's FROM takes a name, not an image id
+    subprocess.run(["docker", "tag", image_ref, source], check=True)
     with tempfile.TemporaryDirectory(prefix="bench-nopyc-") as tmp:
-        (Path(tmp) / "Dockerfile").write_text(
-            f"FROM {image_ref}\nRUN find /opt/venv -name '*.pyc' -delete\n")
+        (Path(tmp) / "Dockerfile").write_text(f"FROM {source}\nRUN find /opt/venv -name '*.pyc' -delete\n")
         subprocess.run(["docker", "build", "-q", "-t", ref, tmp], check=True, capture_output=True)
     return ref
 
@@ -95,7 +95,7 @@ def start_to_ready(image_ref: str) -> float:
     return report.start_to_ready_s
 
 
-_STEP = re.compile(r"^#(\d+) (\[[^\]]*\] .*)$")
+_STEP = re.compile(r"^#(\d+) ([^0-9].*)$")
 _DONE = re.compile(r"^#(\d+) DONE ([0-9.]+)s$")
 _UV = re.compile(r"^#\d+ [0-9.]+ ((?:Prepared|Installed|Bytecode compiled) .* in .*)$")
 
@@ -138,7 +138,7 @@ def one_build(options: BuildOptions) -> tuple[float, object, object]:
     start = time.monotonic()
     plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", options)
     ctx = context_for(plan, loaded, recipe_file, options)
-    image = build_image(ctx, options, revision="bench")
+    image = built_image(ctx, loaded, options, revision="bench")
     return time.monotonic() - start, ctx, image
 
 

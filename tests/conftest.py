@@ -52,15 +52,14 @@ def debian_base(docker_engine) -> str:
 
 
 def build_recipe(recipe: str, vendor: str, options=None):
-    """The build sessions' stages, without validation: plan, patched source, context, image."""
-    from tools.pipeline import context_for
-    from tools.stages.build import build_image
+    """The build sessions' stages, without validation: plan, patched source, context, image (with facts)."""
+    from tools.pipeline import built_image, context_for
     from tools.stages.plan import BuildOptions, plan_for
 
     options = options or BuildOptions()
     plan, loaded, _, recipe_file = plan_for(recipe, vendor, options)
     ctx = context_for(plan, loaded, recipe_file, options)
-    return ctx, build_image(ctx, options, revision="test")
+    return ctx, built_image(ctx, loaded, options, revision="test")
 
 
 @pytest.fixture(scope="session")

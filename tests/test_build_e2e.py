@@ -14,7 +14,7 @@ from conftest import build_recipe
 
 from tools.core import labels
 from tools.core.errors import UserError
-from tools.stages import patches
+from tools.stages import facts, patches, pylock
 from tools.stages.plan import BuildOptions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -61,6 +61,42 @@ def test_labels_carry_the_inputs(cpu_image):
     for key in (labels.SOURCE, labels.REVISION, labels.VERSION, labels.CREATED, labels.TITLE,
                 labels.VLLM_COMMIT, labels.FLAGGEMS_VERSION, labels.LOCK_HASH):
         assert found.get(key), key
+
+
+def test_labels_carry_the_facts_read_from_the_image(cpu_image):
+    _, image = cpu_image
+    found = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", image.image_id))
+    asked = _docker("run", "--rm", "--network", "none", "--entrypoint", "python", image.image_id, "-c",
+                    "import platform, torch; print(platform.python_version(), torch.__version__)")
+    assert [found[labels.FACTS_PYTHON], found[labels.FACTS_TORCH]] == asked.split()[-2:]
+    assert found[labels.FACTS_ENGINE] == "0.32.0"
+    assert found[labels.FACTS_OS] == "Debian GNU/Linux 12 (bookworm)"
+    # the installed set was checked against the lock before it was labelled: same names, same versions
+    locked = pylock.load("cpu").names(multinode=False)
+    assert found[labels.FACTS_LOCK] == "equal to locks/cpu.txt"
+    assert found[labels.FACTS_PACKAGES] == str(len(locked))
+    assert found[labels.FACTS_PACKAGES_SHA256] == facts.packages_digest(locked)
+
+
+def test_two_no_cache_builds_install_the_same_packages(cpu_image):
+    """No resolution at build time: two builds of the same inputs from no layer cache hold the same
+    distributions at the same versions (read from each image), and that set is the lock's."""
+    ctx, image = cpu_image
+    built = []
+    try:
+        for _ in range(2):
+            again_ctx, again = build_recipe("tiny-cpu", "cpu", BuildOptions(no_cache=True))
+            assert again_ctx.content_key == ctx.content_key and not again.skipped
+            built.append(again.image_id)
+        first, second = (facts.load(i) for i in built)
+        assert first is not None and second is not None and built[0] != built[1]
+        assert first.distributions == second.distributions
+        assert first.distributions == pylock.load("cpu").names(multinode=False)
+    finally:
+        # the session's image gets its tags back; the two rebuilt ones go
+        for ref in (image.ref, image.key_ref):
+            subprocess.run(["docker", "tag", image.image_id, ref], check=True)
+        subprocess.run(["docker", "rmi", *built], capture_output=True, check=False)
 
 
 def test_noop_rebuild_hits_the_content_key(cpu_image):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +38,10 @@ def context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
     return ctx, recipe
 
 
-def _key(ctx: Path, recipe: Path, options: BuildOptions | None = None) -> str:
+def _key(ctx: Path, recipe: Path, options: BuildOptions | None = None, lock_sha256: str | None = None) -> str:
     plan, _, _, _ = plan_for("tiny-cpu", "cpu", BuildOptions())
+    if lock_sha256:
+        plan = dataclasses.replace(plan, lock_sha256=lock_sha256)
     return content_key(ctx, plan, recipe, options or BuildOptions())
 
 
@@ -94,5 +97,6 @@ def test_recipe_and_image_options_change_the_key(context):
     before = _key(ctx, recipe)
     assert _key(ctx, recipe, BuildOptions(base_image="mirror.example/debian:12")) != before
     assert _key(ctx, recipe, BuildOptions(index_url="https://mirror.example/simple")) != before
+    assert _key(ctx, recipe, lock_sha256="0" * 64) != before
     recipe.write_text("name: r\nchanged: 1\n")
     assert _key(ctx, recipe) != before

@@ -6,7 +6,7 @@ Each stage is its own module; this one only orders them and records what was ski
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tools.core.errors import CheckFailed, UserError
@@ -64,8 +64,10 @@ def _passed_before(recipe: Recipe, image: BuiltImage) -> dict[str, str]:
     return {}
 
 
-def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> None:
-    """What is in the image, read from it; a locked image must hold exactly its lock."""
+def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> BuiltImage:
+    """What is in the image, read from it; a locked image must hold exactly its lock. A new build gets
+    those facts as labels (a config-only image that replaces it under the same tags)."""
+    from tools.mech import docker
     from tools.stages import facts, pylock
     from tools.stages.render import is_locked
 
@@ -80,6 +82,24 @@ def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> None:
         a = found.audit
         info(f"  pip-audit: {a['vulnerabilities']} known vulnerabilities in {a['audited']} audited packages; "
              f"{a['not_audited']} could not be looked up")
+    wanted = facts.labels(found, ctx.plan.vendor)
+    have = docker.image_labels(image.image_id)
+    if all(have.get(k) == v for k, v in wanted.items()):
+        return image
+    labelled = docker.relabel(image.key_ref, wanted, [image.ref, image.key_ref])
+    facts.move(found, labelled)
+    docker.remove_image(image.image_id)
+    info(f"  facts labelled: image {labelled[:19]} tagged {image.ref} and {image.key_ref}")
+    return replace(image, image_id=labelled)
+
+
+def built_image(ctx: BuildContext, loaded: LoadedLock, options: BuildOptions, *, revision: str) -> BuiltImage:
+    """The image of a context, finished: built (or found by content key), its installed packages checked
+    against the lock, and its facts in its labels."""
+    with phase(f"Image build ({ctx.plan.install_mode})"):
+        image = build_image(ctx, options, revision=revision)
+    with phase("Facts from the image (packages vs lock, SBOM, pip-audit)"):
+        return _facts(ctx, image, loaded)
 
 
 def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smoke: str | None,
@@ -105,11 +125,8 @@ def run_release(recipe_arg: str, vendor: str, options: BuildOptions, *, skip_smo
         ctx = context_for(plan, loaded, recipe_file, options)
         info(f"  {ctx.directory} ({ctx.plan.install_mode}); content key {ctx.content_key[:12]}")
 
-    with phase(f"Image build ({ctx.plan.install_mode})"):
-        image = build_image(ctx, options, revision=revision)
+    image = built_image(ctx, loaded, options, revision=revision)
     report.image = image
-    with phase("Facts from the image (packages vs lock, SBOM, pip-audit)"):
-        _facts(ctx, image, loaded)
 
     passed_before = {} if revalidate else _passed_before(recipe, image)
     if passed_before:

@@ -29,3 +29,12 @@ FLAGGEMS_VERSION = OURS + "flaggems.version"
 LOCK_HASH = OURS + "lock.sha256"
 CONTENT_KEY = OURS + "content-key"
 INSTALL_MODE = OURS + "install-mode"
+
+# Facts read from the built image itself (tools/stages/facts.py), added once the installed set is checked.
+FACTS_PYTHON = OURS + "facts.python"
+FACTS_TORCH = OURS + "facts.torch"
+FACTS_ENGINE = OURS + "facts.engine"
+FACTS_OS = OURS + "facts.os"
+FACTS_PACKAGES = OURS + "facts.packages"  # how many Python distributions
+FACTS_PACKAGES_SHA256 = OURS + "facts.packages.sha256"  # of the sorted name==version lines
+FACTS_LOCK = OURS + "facts.lock"  # "equal to locks/<vendor>.txt" or "none"

@@ -16,6 +16,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,14 +327,39 @@ def version_info() -> dict:
         return {}
 
 
-def images_with_label(label: str) -> list[str]:
-    """Ids of local images carrying label KEY=VALUE."""
-    proc = call(["images", "--no-trunc", "--quiet", "--filter", f"label={label}"], check=False)
+def images_with_label(*labels: str) -> list[str]:
+    """Ids of local images carrying every label given (KEY=VALUE, or KEY for any value)."""
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    proc = call(["images", "--no-trunc", "--quiet", *filters], check=False)
     return [line for line in proc.stdout.split() if line]
 
 
 def tag(image: str, ref: str) -> None:
     call(["tag", image, ref])
+
+
+def relabel(image: str, labels: Mapping[str, str], tags: Sequence[str]) -> str:
+    """IMAGE with LABELS added, under TAGS; returns the new image's id. BuildKit writes only a new config
+    (no layer, no container), so this takes seconds; IMAGE itself is left as it was."""
+    with tempfile.TemporaryDirectory(prefix="flagrel-relabel-") as tmp:
+        folder = Path(tmp)
+        (folder / "Dockerfile").write_text(f"FROM {image}\n")
+        iid = folder / "iid"
+        args = ["buildx", "build", "--quiet", "--iidfile", str(iid)]
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
+        for ref in tags:
+            args += ["-t", ref]
+        proc = call([*args, str(folder)], timeout=600, check=False)
+        if proc.returncode != 0:
+            raise UserError(f"adding labels to {image} failed: {proc.stderr.strip()[-800:]}", where=image,
+                            fix="check the Docker engine (docker buildx ls)")
+        return iid.read_text().strip()
+
+
+def remove_image(image: str) -> None:
+    """Best effort: an image still in use stays (its layers are shared with the image that replaced it)."""
+    call(["rmi", image], check=False, timeout=120)
 
 
 def import_image(tarball: Path, ref: str) -> None:

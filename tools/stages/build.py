@@ -49,7 +49,9 @@ def source_url() -> str:
 
 
 def find_by_content_key(key: str) -> str | None:
-    ids = docker.images_with_label(f"{L.CONTENT_KEY}={key}")
+    """The finished image of this content key: one whose facts were read and labelled (an image that failed
+    its lock check, or a build interrupted before, has no facts labels and is built again)."""
+    ids = docker.images_with_label(f"{L.CONTENT_KEY}={key}", L.FACTS_PACKAGES)
     return ids[0] if ids else None
 
 

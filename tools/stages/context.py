@@ -167,8 +167,8 @@ def _locked_folder(plan: BuildPlan, dest: Path) -> None:
 
 def content_key(directory: Path, plan: BuildPlan, recipe_file: Path, options: BuildOptions) -> str:
     """Hash of every byte of the build context (names, modes, contents) plus what changes the image from
-    outside it: the recipe, the base image option and the platform. Index URLs may embed a token, so only
-    their hash enters the key."""
+    outside it: the recipe, the base image option, the platform and versions.lock (its hash is a label).
+    Index URLs may embed a token, so only their hash enters the key."""
     material = {
         "context": tree_digest(directory),
         "recipe": hashlib.sha256(recipe_file.read_bytes()).hexdigest(),
@@ -176,6 +176,8 @@ def content_key(directory: Path, plan: BuildPlan, recipe_file: Path, options: Bu
         "index": hashlib.sha256(
             json.dumps([options.index_url, list(options.extra_index_urls)]).encode()).hexdigest(),
         "install_mode": plan.install_mode,
+        # versions.lock's bytes are in the image's labels: another lock is another image
+        "versions_lock": plan.lock_sha256,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 

@@ -7,13 +7,16 @@ session reads them instead of starting a container again; publishing copies them
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tools.core import labels as L
 from tools.core import paths
 from tools.core.errors import UserError
 from tools.mech import docker
@@ -117,6 +120,46 @@ def audit(requirements: str, out: Path) -> dict[str, object]:
     return {"packages": len(deps), "audited": len(deps) - len(skipped), "not_audited": len(skipped),
             "vulnerabilities": len(vulns), "findings": [f"{n} {v}: {i}" for n, v, i in vulns],
             "report": str(out)}
+
+
+def packages_digest(distributions: dict[str, str]) -> str:
+    lines = "".join(f"{name}=={version}\n" for name, version in sorted(distributions.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def labels(facts: ImageFacts, vendor: str) -> dict[str, str]:
+    """The image's own facts as labels: what `docker inspect` shows without starting it."""
+    return {
+        L.FACTS_PYTHON: facts.python,
+        L.FACTS_TORCH: facts.torch or "none",
+        L.FACTS_ENGINE: facts.engine or "none",
+        L.FACTS_OS: facts.os,
+        L.FACTS_PACKAGES: str(len(facts.distributions)),
+        L.FACTS_PACKAGES_SHA256: packages_digest(facts.distributions),
+        L.FACTS_LOCK: f"equal to locks/{vendor}.txt" if facts.lock_matches else "none",
+    }
+
+
+def move(facts: ImageFacts, image_id: str) -> ImageFacts:
+    """The same facts (and their SBOM and audit files) stored under the labelled image that replaces the
+    built one."""
+    target = _dir(image_id)
+    target.mkdir(parents=True, exist_ok=True)
+    moved = replace(facts, image_id=image_id)
+    if facts.sbom:
+        moved.sbom = _copy(facts.sbom, target)
+    report = facts.audit.get("report")
+    if report:
+        moved.audit = {**facts.audit, "report": _copy(str(report), target)}
+    store(moved)
+    return moved
+
+
+def _copy(path: str, target: Path) -> str:
+    dest = target / Path(path).name
+    if Path(path).is_file():
+        shutil.copy2(path, dest)
+    return str(dest)
 
 
 def store(facts: ImageFacts) -> Path:

@@ -210,7 +210,8 @@ def host_facts() -> HostFacts:
 
 
 def versions_from(image_labels: dict[str, str], vendor: str) -> Versions:
-    """Versions the image labels state win; the rest come from the lock (and say whether it is the same)."""
+    """Versions the image labels state win (torch and Python as read from the image); the rest come from the
+    lock (and say whether it is the same)."""
     loaded = load_lock()
     lock = loaded.lock
     pins = lock.vendors[vendor]  # type: ignore[index]
@@ -223,8 +224,9 @@ def versions_from(image_labels: dict[str, str], vendor: str) -> Versions:
         vllm=image_labels.get(L.VLLM_VERSION) or lock.upstream.version,
         vllm_commit=image_labels.get(L.VLLM_COMMIT) or lock.upstream.git_commit,
         flaggems=image_labels.get(L.FLAGGEMS_VERSION) or lock.flaggems.version,
-        torch=pins.torch,
-        python=pins.python,
+        # read from the image itself when it carries its facts (every build since they are labelled)
+        torch=image_labels.get(L.FACTS_TORCH) or pins.torch,
+        python=image_labels.get(L.FACTS_PYTHON) or pins.python,
         base_image=pins.base.ref,
         install_mode=image_labels.get(L.INSTALL_MODE, "unknown"),
         lock_sha256=label_lock or loaded.sha256,
