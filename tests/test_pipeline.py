@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,14 @@ def test_readme_main_job_as_written(tiny_cpu_image, build_dir):
     # one record per registry target: build/releases/<registry>/<namespace>/<image>/<build tag>/
     records = list((build_dir / "releases" / "127.0.0.1:5000").glob("**/tiny-cpu-cpu-*/record.json"))
     assert len(records) == 1 and (records[0].parent / "README.md").is_file()
+    # what is in the image, read from it; the SBOM and pip-audit made at publish lie beside the record
+    contents = json.loads(records[0].read_text())["contents"]
+    installed = contents["distributions"]
+    assert contents["lock_matches"] is True and installed["torch"] == "2.13.0+cpu"
+    sbom = json.loads((records[0].parent / contents["sbom"]).read_text())
+    assert sorted(c["name"] for c in sbom["components"]) == sorted(installed)
+    audit = json.loads((records[0].parent / "pip-audit.json").read_text())
+    assert len(audit["dependencies"]) == contents["audit"]["packages"] == len(installed)
 
 
 @pytest.mark.e2e

@@ -78,10 +78,6 @@ def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> BuiltIma
     lock_state = {True: "equal to the lock", None: "no lock"}.get(found.lock_matches, "?")
     info(f"  {len(found.distributions)} Python distributions ({lock_state}); Python {found.python}, "
          f"torch {found.torch}, engine {found.engine}; {found.os}")
-    if found.audit:
-        a = found.audit
-        info(f"  pip-audit: {a['vulnerabilities']} known vulnerabilities in {a['audited']} audited packages; "
-             f"{a['not_audited']} could not be looked up")
     wanted = facts.labels(found, ctx.plan.vendor)
     have = docker.image_labels(image.image_id)
     if all(have.get(k) == v for k, v in wanted.items()):
@@ -98,7 +94,7 @@ def built_image(ctx: BuildContext, loaded: LoadedLock, options: BuildOptions, *,
     against the lock, and its facts in its labels."""
     with phase(f"Image build ({ctx.plan.install_mode})"):
         image = build_image(ctx, options, revision=revision)
-    with phase("Facts from the image (packages vs lock, SBOM, pip-audit)"):
+    with phase("Facts from the image (its packages against the lock)"):
         return _facts(ctx, image, loaded)
 
 

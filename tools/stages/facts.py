@@ -1,5 +1,5 @@
 """Facts read from a built image (not from the lock): its Python distributions, Python, torch, engine and OS,
-checked against locks/<vendor>.txt, plus a CycloneDX SBOM of those packages and a pip-audit report of the lock.
+checked against locks/<vendor>.txt; at release, a CycloneDX SBOM of those packages and a pip-audit of the lock.
 
 Stored by image id beside the validation results (build/results/<image id>/), so a rebuilt or re-run
 session reads them instead of starting a container again; publishing copies them into the release.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,25 +140,10 @@ def labels(facts: ImageFacts, vendor: str) -> dict[str, str]:
 
 
 def move(facts: ImageFacts, image_id: str) -> ImageFacts:
-    """The same facts (and their SBOM and audit files) stored under the labelled image that replaces the
-    built one."""
-    target = _dir(image_id)
-    target.mkdir(parents=True, exist_ok=True)
+    """The same facts stored under the labelled image that replaces the built one."""
     moved = replace(facts, image_id=image_id)
-    if facts.sbom:
-        moved.sbom = _copy(facts.sbom, target)
-    report = facts.audit.get("report")
-    if report:
-        moved.audit = {**facts.audit, "report": _copy(str(report), target)}
     store(moved)
     return moved
-
-
-def _copy(path: str, target: Path) -> str:
-    dest = target / Path(path).name
-    if Path(path).is_file():
-        shutil.copy2(path, dest)
-    return str(dest)
 
 
 def store(facts: ImageFacts) -> Path:
@@ -179,17 +163,26 @@ def load(image_id: str) -> ImageFacts | None:
 
 def collect(image_ref: str, image_id: str, pylock: PyLock | None, *, multinode: bool,
             engine_name: str | None) -> ImageFacts:
-    """Facts, lock check, SBOM and audit for one image; stored, and reused while the image id is the same."""
+    """Facts and the lock check for one image; stored, and reused while the image id is the same."""
     known = load(image_id)
     if known is not None:
         return known
     facts = read_facts(image_ref, image_id, engine_name)
     if pylock is not None:
         check_against_lock(facts, pylock, multinode=multinode)
+    store(facts)
+    return facts
+
+
+def release_reports(image_id: str, pylock: PyLock | None, *, multinode: bool) -> ImageFacts | None:
+    """The SBOM of the image's packages and a pip-audit of its lock, made when it is released: advisories
+    change after a build, and a build that is never published need not wait for them."""
+    facts = load(image_id)
+    if facts is None:
+        return None
     target = _dir(image_id)
-    target.mkdir(parents=True, exist_ok=True)
     facts.sbom = str(sbom(facts, pylock, target / "sbom.cdx.json"))
-    if pylock is not None:
+    if pylock is not None and facts.lock_matches:
         facts.audit = audit(pylock.requirements(multinode=multinode), target / "pip-audit.json")
     store(facts)
     return facts

@@ -279,6 +279,14 @@ def check_audit(recipe: Recipe, image_id: str) -> ImageContents | None:
     return contents
 
 
+def _release_reports(recipe: Recipe, image_id: str) -> None:
+    from tools.stages import facts, pylock
+
+    found = facts.load(image_id)
+    locked = pylock.load(recipe.vendor) if found and found.lock_matches else None
+    facts.release_reports(image_id, locked, multinode=recipe.serve.nnodes > 1)
+
+
 def _copy_reports(image_id: str, dest: Path) -> None:
     from tools.stages import facts
 
@@ -327,7 +335,9 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
                     total_s=round(time.monotonic() - t0, 3)),
         dry_run=True,
     )
-    draft = draft.model_copy(update={"contents": check_audit(recipe, image.image_id)})
+    with phase("Publish: SBOM and pip-audit of the image's packages"):
+        _release_reports(recipe, image.image_id)
+        draft = draft.model_copy(update={"contents": check_audit(recipe, image.image_id)})
     render_card(recipe, draft)
     if options.dry_run:
         info("  dry run: nothing pushed, nothing written")
