@@ -106,10 +106,10 @@ def slowest_steps(log: Path, top: int = 4) -> list[str]:
     done: dict[str, float] = {}
     uv_lines: list[str] = []
     for line in log.read_text(errors="replace").splitlines():
-        if m := _STEP.match(line):
-            titles.setdefault(m.group(1), m.group(2)[:70])
-        elif m := _DONE.match(line):
+        if m := _DONE.match(line):
             done[m.group(1)] = float(m.group(2))
+        elif m := _STEP.match(line):
+            titles.setdefault(m.group(1), m.group(2)[:70])
         elif m := _UV.match(line):
             uv_lines.append(f"    uv: {m.group(1)}")
     ranked = sorted(done.items(), key=lambda kv: -kv[1])[:top]
