@@ -239,6 +239,41 @@ def test_unpatch_never_loses_an_edit_on_the_real_tree(project: Path, pristine: P
     assert engine.read_bytes() == (pristine.path / "vllm/engine/arg_utils.py").read_bytes()
 
 
+def test_patching_again_reuses_what_git_am_made(project: Path, pristine: PristineTree,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second `patch` of the same stack moves to the commits the first `git am` made (no am); they are
+    the very commits a fresh `git am` makes, and the workspace ends in the same state."""
+    first = patches.patch("cpu")
+    ws = patches.workspace_dir("cpu")
+    repo = Repo.at(ws)
+    tip, state = repo.head(), (repo.git_dir / "flagrelease" / "state.json").read_text()
+    patches.unpatch("cpu")
+    ams: list[object] = []
+    real_am = Repo.am
+    monkeypatch.setattr(Repo, "am", lambda self, *a, **k: ams.append(a) or real_am(self, *a, **k))
+    again = patches.patch("cpu")
+    assert ams == [] and again.changed and again.applied == first.applied
+    assert repo.head() == tip and repo.status() == []
+    assert (repo.git_dir / "flagrelease" / "state.json").read_text() == state
+    # without what was remembered, `git am` runs and makes the same commit ids
+    patches.unpatch("cpu")
+    shutil.rmtree(repo.git_dir / "flagrelease" / "applied")
+    patches.patch("cpu")
+    assert len(ams) == 1 and repo.head() == tip
+
+
+def test_reusing_refuses_over_an_edit_and_git_am_names_it(project: Path, pristine: PristineTree) -> None:
+    patches.patch("cpu")
+    patches.unpatch("cpu")
+    ws = patches.workspace_dir("cpu")
+    touched = sorted(p for p in patches.stack_info("cpu").touched if (ws / p).is_file())[0]
+    (ws / touched).write_text((ws / touched).read_text() + "# my edit\n")
+    with pytest.raises(UserError) as err:
+        patches.patch("cpu")
+    assert touched in (err.value.where or "")
+    assert (ws / touched).read_text().endswith("# my edit\n") and Repo.at(ws).head() == pristine.commit
+
+
 def test_patched_tree_holds_the_stack_and_its_identity(project: Path, pristine: PristineTree) -> None:
     for vendor in vendor_names():
         stack = patches.stack_info(vendor)

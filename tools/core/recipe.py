@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.lock import Platform
-from tools.core.textfile import load_yaml
 from tools.core.validation import grammar, to_user_error
+from tools.core.yamlfile import load_yaml
 
 # Every value that reaches a Dockerfile, a command line, a generated script or a card has a grammar here;
 # where it lands it is also quoted for that place (shell, Python, YAML, Markdown: tools/stages/card.py).

@@ -22,7 +22,6 @@ from tools.core import paths
 from tools.core.errors import UserError
 from tools.mech import git
 from tools.mech.console import info
-from tools.mech.download import download_verified
 
 if TYPE_CHECKING:
     from tools.core.lock import Lock, Upstream
@@ -291,6 +290,8 @@ def _materialise_sdist(up: Upstream) -> PristineTree:
 
     stem = _stem(up, "sdist")
     filename = up.sdist_url.rsplit("/", 1)[-1]
+    from tools.mech.download import download_verified  # the cold path only (hashlib)
+
     archive = download_verified(up.sdist_url, downloads_dir() / filename, up.sdist_sha256)
     work = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=src_dir()))
     try:

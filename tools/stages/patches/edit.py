@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.core.errors import UserError
-from tools.mech import gitmail
 from tools.mech.console import warn
 from tools.mech.git import Identity, Repo
 from tools.stages.patches.stack import (
@@ -41,6 +40,8 @@ from tools.stages.patches.workspace import (
     find_edits,
     open_workspace,
     pristine_for,
+    remember_applied,
+    reuse_applied,
     workspace_dir,
 )
 
@@ -87,6 +88,11 @@ def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
             raise _edits_error(repo, vendor, edits)
         repo.checkout_branch(BRANCH, pristine.commit)
     _remove_stamp(repo)
+    reused = reuse_applied(repo, stack, pristine.commit)
+    if reused is not None:  # no work twice: this stack was applied on this base before
+        reused.save(repo)
+        _write_stamp(repo, stack)
+        return PatchResult(vendor, repo.work_tree, stack, len(stack.patches), changed=True)
     try:
         try:
             # At pristine nothing is discarded: `git am` keeps edits and stops when one is in its way.
@@ -100,8 +106,11 @@ def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
         WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), False,
                        {sha: p.relpath for sha, p in failed.failure.applied}, stack.removes).save(repo)
         raise _failure_error(failed.failure, repo, vendor, stack) from None
-    WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), True,
-                   {sha: p.relpath for sha, p in applied}, stack.removes).save(repo)
+    state = WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), True,
+                           {sha: p.relpath for sha, p in applied}, stack.removes)
+    state.save(repo)
+    if stack.patches:
+        remember_applied(repo, state)
     _write_stamp(repo, stack)
     return PatchResult(vendor, repo.work_tree, stack, len(applied), changed=True)
 
@@ -252,6 +261,8 @@ def _trailer_names(repo: Repo, commits: list[str]) -> dict[str, str]:
     """commit -> the file name its message carries (Patch-Filename), for the commits that have one."""
     if not commits:
         return {}
+    from tools.mech import gitmail  # export only: `patch` and `unpatch` never read mails back
+
     raw = repo.out("log", "--format=%H%x00%B%x01", f"{commits[0]}^..{commits[-1]}")
     names: dict[str, str] = {}
     for entry in raw.split("\x01"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ import tools.stages.patches.keys as keys
 from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.textfile import read_utf8
-from tools.mech import gitmail
 from tools.mech.git import Identity
 
 PROJECT = "vllm"
@@ -20,6 +18,8 @@ COMMON = "common"
 BRANCH = "main"
 BASE_REF = "refs/flagrelease/base"
 BACKUP_PREFIX = "refs/flagrelease/backup"
+# the tip of each stack `git am` made in a workspace (keeps those commits reachable for `patch` to reuse)
+APPLIED_PREFIX = "refs/flagrelease/applied"
 STAMP_MODULE = "vllm/_flagos_stack.py"
 # Commits made by `patch` carry this committer and the patch's own date, so the same stack on the same base
 # gives the same commit ids on every machine.
@@ -140,6 +140,8 @@ def stray_message(part: str, name: str) -> str:
 
 def check_mail(patch: PatchFile, data: bytes) -> None:
     """A patch file must be one git mail with a diff: say precisely what it is instead."""
+    from tools.mech import gitmail
+
     found = gitmail.shape(data)
     where = f"{patch.path}:{found.line}"
     importer = f"nox -s import-patches -- --vendor {patch.part} DIR --author 'Name <mail>'"
@@ -162,6 +164,8 @@ def stack_info(vendor: str) -> StackInfo:
     """The ordered stack for `vendor` and its identity: sha256 over "vendor" and each patch's sha256 and
     path in order (so content, order and vendor all count), short id = first 12 hex digits. Encrypted
     patches count by their ciphertext; without the key they are listed in `unreadable`."""
+    import hashlib  # here, not at the top: `unpatch` never hashes a stack
+
     check_vendor(vendor)
     files: list[PatchFile] = []
     for part in (COMMON, vendor):
@@ -287,6 +291,8 @@ def _header_path(rest: str) -> str | None:
 
 def patch_subject(patch: bytes) -> str:
     """The commit subject a mail carries (folded header lines joined, "[PATCH n/m]" dropped)."""
+    from tools.mech import gitmail
+
     return gitmail.strip_subject_prefix(gitmail.subject_of(patch))
 
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import tools.stages.patches.keys as keys
 from tools.core import paths
 from tools.core.errors import UserError
-from tools.mech import gitmail
 from tools.mech.console import info
-from tools.mech.git import Repo, StatusEntry, clone_local
+from tools.mech.git import GitError, Repo, StatusEntry, clone_local
 from tools.stages.patches.stack import (
     _SHOWN,
+    APPLIED_PREFIX,
     APPLIER,
     BASE_REF,
     BRANCH,
@@ -83,6 +83,40 @@ class WorkspaceState:
 
 def _state_file(repo: Repo) -> Path:
     return repo.git_dir / "flagrelease" / "state.json"
+
+
+def _applied_file(repo: Repo, stack_hash: str) -> Path:
+    return repo.git_dir / "flagrelease" / "applied" / f"{stack_hash}.json"
+
+
+def remember_applied(repo: Repo, state: WorkspaceState) -> None:
+    """Keep what a complete `git am` of a stack made, for reuse_applied."""
+    assert state.complete and state.stack_hash and state.tip
+    path = _applied_file(repo, state.stack_hash)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
+    repo.update_ref(f"{APPLIED_PREFIX}/{state.stack_hash}", state.tip, message="flagrelease: applied stack")
+
+
+def reuse_applied(repo: Repo, stack: StackInfo, base: str) -> WorkspaceState | None:
+    """The state of an earlier `git am` of exactly this stack (same patch bytes, order and vendor) on this
+    base, with the work tree moved to its tip: the same mails, base, applier and dates give the same
+    commits, so `git am` would make this very tip again. A two-way read-tree writes only the stack's files
+    and refuses, changing nothing, when one of them holds an edit. None: nothing known, or refused (the
+    caller then runs `git am`, which stops on the edit and says so)."""
+    try:
+        known = WorkspaceState(**json.loads(_applied_file(repo, stack.stack_hash).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    tip = repo.ref(f"{APPLIED_PREFIX}/{stack.stack_hash}")
+    if (not known.complete or known.base != base or known.stack_hash != stack.stack_hash or tip != known.tip
+            or len(known.applied) != len(stack.patches) or repo.head() != base):
+        return None
+    try:
+        repo.fast_forward_tree(tip, message=f"flagrelease patch: stack {stack.short_id}, applied before")
+    except GitError:
+        return None
+    return known
 
 
 def workspace_dir(vendor: str) -> Path:
@@ -230,6 +264,8 @@ class _Failed(Exception):
 
 def stack_mails(patches: Sequence[PatchFile]) -> list[bytes]:
     """Each patch's mail (decrypted in memory) carrying its file name, as `git am` should commit it."""
+    from tools.mech import gitmail  # mail handling: not needed by `unpatch`
+
     out = []
     for patch in patches:
         mail = gitmail.add_filename(patch.mail(), patch.name)
