@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tools.core import vendors
 from tools.core.errors import UserError
-from tools.core.lock import load_lock
+from tools.core.lock import Lock, load_lock
 from tools.mech.console import info, phase, warn
 from tools.stages import pylock
 from tools.stages.context import wheel_folders
@@ -17,6 +17,12 @@ from tools.stages.plan import BuildOptions
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vendor", action="append", choices=vendors.names(), default=[],
                         help="only this vendor (repeatable; default: every vendor)")
+    if name == "check-locks":
+        parser.add_argument("--online", action="store_true",
+                            help="also ask the index for every locked file: its sha256 and that it installs on "
+                                 "the vendor's Python and platform (for locks whose image is not built here)")
+        parser.add_argument("--index-url", default="https://pypi.org/simple",
+                            help="the PEP 691 simple index to ask (default: %(default)s)")
     if name == "lock-deps":
         parser.add_argument("--wheelhouse", action="append", default=[],
                             help="wheel folder for wheels no index has (default: pip's find-links)")
@@ -34,6 +40,8 @@ def command(name: str, args: argparse.Namespace) -> int:
                     info(f"  {vendor:<7} no lock: its image resolves at build time")
                 else:
                     info(f"  {vendor:<7} {len(found.entries)} packages agree with versions.lock")
+        if args.online:
+            _check_online(loaded.lock, chosen, args.index_url)
         return 0
     folders = wheel_folders(BuildOptions(wheelhouse=tuple(Path(w) for w in args.wheelhouse)))
     failed: list[str] = []
@@ -54,3 +62,23 @@ def command(name: str, args: argparse.Namespace) -> int:
             assert checked is not None
             info(f"  wrote {path} ({len(checked.entries)} packages, {path.stat().st_size} bytes)")
     return 1 if failed and len(failed) == len(chosen) else 0
+
+
+def _check_online(lock: Lock, chosen: tuple[str, ...], index_url: str) -> None:
+    problems: list[str] = []
+    with phase(f"Check locked files against {index_url}"):
+        for vendor in chosen:
+            found = pylock.load(vendor)
+            if found is None:
+                continue
+            pins = lock.vendors[vendor]
+            missing = pylock.index_problems(found, pins, index_url)
+            problems += [f"locks/{vendor}.txt: {p}" for p in missing]
+            local = [w.name for w in pins.wheelhouse]
+            asked = len(found.entries) - len(local)
+            info(f"  {vendor:<7} {asked - len(missing)} of {asked} packages served as locked for Python "
+                 f"{pins.python} {pylock.platform_of(pins)}" + (f" ({', '.join(local)}: local wheel folder)"
+                                                               if local else ""))
+    if problems:
+        raise UserError("the index cannot serve these locked packages:\n  " + "\n  ".join(problems),
+                        where=index_url, fix="nox -s lock-deps (after checking why the files changed)")

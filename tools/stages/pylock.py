@@ -176,6 +176,44 @@ def check(loaded: LoadedLock, vendors: tuple[str, ...]) -> dict[str, PyLock | No
     return found
 
 
+# --- against the index ---------------------------------------------------------------------------------------
+
+def index_problems(pylock: PyLock, pins: VendorPins, index_url: str, *, workers: int = 8) -> list[str]:
+    """Every locked package the index cannot serve as locked: no file of that version carries a sha256 the
+    lock holds, or none of those files installs on the vendor's Python, arch and glibc (an sdist counts: it
+    is built at install). Wheels from the local wheel folder (versions.lock wheelhouse) are left out. This
+    proves a lock whose image cannot be built here (no CUDA base, no GPU) against what its build will ask."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from packaging.version import Version
+
+    from tools.mech import pyindex
+
+    local = {normalize(w.name) for w in pins.wheelhouse}
+    supported = pyindex.supported_tags(pins.python, ARCHES[pins.platforms[0]], pins.glibc)
+    sessions = threading.local()
+
+    def check(entry: Locked) -> str | None:
+        if not hasattr(sessions, "session"):
+            sessions.session = requests.Session()
+        files = [f for f in pyindex.project_files(sessions.session, index_url, normalize(entry.name))
+                 if f.version and Version(f.version) == Version(entry.version)]
+        locked = [f for f in files if f.sha256 in entry.hashes]
+        if not locked:
+            return (f"{entry.name}=={entry.version}: none of the {len(files)} files of that version on the index "
+                    "has a sha256 the lock holds")
+        if not any(f.tags is None or f.tags & supported for f in locked):
+            return (f"{entry.name}=={entry.version}: no locked file installs on Python {pins.python} "
+                    f"{platform_of(pins)} ({', '.join(f.filename for f in locked[:3])}, ...)")
+        return None
+
+    wanted = [e for e in pylock.entries.values() if normalize(e.name) not in local]
+    with ThreadPoolExecutor(workers) as pool:
+        return [problem for problem in pool.map(check, wanted) if problem]
+
+
 # --- making a lock -------------------------------------------------------------------------------------------
 
 def uv_binary() -> Path:
