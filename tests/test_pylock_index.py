@@ -56,3 +56,12 @@ def test_relocking_with_the_same_pins_changes_nothing():
 
     text = pylock.compile_lock(load_lock().lock, "cpu", wheel_folders(BuildOptions()))
     assert text == pylock.lock_path("cpu").read_text(encoding="utf-8")
+
+
+def test_an_unlocked_vendors_pins_are_asked_for():
+    pins = load_lock().lock.vendors["ascend"]
+    found = " ".join(pylock.unlocked_pin_problems(pins, INDEX))
+    assert "torch==" not in found and "torch-npu==" not in found  # torch 2.13.0 and torch-npu for aarch64
+    made_up = pins.model_copy(update={"pins": {**pins.pins, "torch_npu": "99.0.0"}})
+    assert any(p.startswith("torch-npu==99.0.0: not on the index (newest there: ")
+               for p in pylock.unlocked_pin_problems(made_up, INDEX))

@@ -69,9 +69,13 @@ def _check_online(lock: Lock, chosen: tuple[str, ...], index_url: str) -> None:
     with phase(f"Check locked files against {index_url}"):
         for vendor in chosen:
             found = pylock.load(vendor)
-            if found is None:
-                continue
             pins = lock.vendors[vendor]
+            if found is None:
+                unlocked = pylock.unlocked_pin_problems(pins, index_url)
+                problems += [f"{vendor} (no lock; its template's pins): {p}" for p in unlocked]
+                info(f"  {vendor:<7} no lock; {len(pins.pins) + 1 - len(unlocked)} of {len(pins.pins) + 1} "
+                     "pinned packages its template installs are on the index")
+                continue
             missing = pylock.index_problems(found, pins, index_url)
             problems += [f"locks/{vendor}.txt: {p}" for p in missing]
             local = [w.name for w in pins.wheelhouse]
@@ -80,5 +84,6 @@ def _check_online(lock: Lock, chosen: tuple[str, ...], index_url: str) -> None:
                  f"{pins.python} {pylock.platform_of(pins)}" + (f" ({', '.join(local)}: local wheel folder)"
                                                                if local else ""))
     if problems:
-        raise UserError("the index cannot serve these locked packages:\n  " + "\n  ".join(problems),
-                        where=index_url, fix="nox -s lock-deps (after checking why the files changed)")
+        raise UserError("the index cannot serve these locked or pinned packages:\n  " + "\n  ".join(problems),
+                        where=index_url, fix="pin versions the index has (versions.lock), then nox -s lock-deps; "
+                                              "or pass the index that has them (--index-url)")

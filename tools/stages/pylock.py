@@ -214,6 +214,28 @@ def index_problems(pylock: PyLock, pins: VendorPins, index_url: str, *, workers:
         return [problem for problem in pool.map(check, wanted) if problem]
 
 
+def unlocked_pin_problems(pins: VendorPins, index_url: str) -> list[str]:
+    """For a vendor without a lock: each exact pin its template installs from the index (torch and the
+    vendor's own pins, e.g. torch-npu, vllm-ascend) that the index has no installable file of."""
+    import requests
+    from packaging.version import Version
+
+    from tools.mech import pyindex
+
+    supported = pyindex.supported_tags(pins.python, ARCHES[pins.platforms[0]], pins.glibc)
+    session = requests.Session()
+    problems = []
+    for name, version in {"torch": pins.torch, **pins.pins}.items():
+        files = pyindex.project_files(session, index_url, normalize(name))
+        same = [f for f in files if f.version and Version(f.version) == Version(version)]
+        if not any(f.tags is None or f.tags & supported for f in same):
+            newest = max((Version(f.version) for f in files if f.version), default=None)
+            problems.append(f"{normalize(name)}=={version}: " + (
+                f"{len(same)} files of that version, none installs on Python {pins.python} {platform_of(pins)}"
+                if same else f"not on the index (newest there: {newest})"))
+    return problems
+
+
 # --- making a lock -------------------------------------------------------------------------------------------
 
 def uv_binary() -> Path:
