@@ -67,6 +67,12 @@ class RegistryServer:
         return response.headers["Docker-Content-Digest"]
 
 
+def registry_env(monkeypatch: pytest.MonkeyPatch, server: RegistryServer) -> None:
+    """The registry and its credentials in the environment, the way CI passes them to publish."""
+    for var, value in server.env().items():
+        monkeypatch.setenv(var, value)
+
+
 def _fail_or_skip(reason: str) -> None:
     # CI must not silently skip what it is there to prove
     if os.environ.get("CI"):

@@ -14,7 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from registry import RegistryServer, docker_cli, make_image, registry_server, remove_image  # noqa: F401
+from registry import (  # noqa: F401
+    RegistryServer,
+    docker_cli,
+    make_image,
+    registry_env,
+    registry_server,
+    remove_image,
+)
 
 from tools.core import labels as L
 from tools.core.errors import UserError
@@ -233,6 +240,9 @@ def test_dry_run_of_a_validated_image_names_the_tags_and_writes_nothing(fake_ima
     ("unauthorized: authentication required", "auth"),
     ("denied: requested access to the resource is denied", "auth"),
     ("tag does not exist: x", "other"),
+    # nothing listens / no such host: said at once, never retried as if transient
+    ("dial tcp 127.0.0.1:5999: connect: connection refused", "unreachable"),
+    ("dial tcp: lookup registry.invalid: no such host", "unreachable"),
 ])
 def test_classify_registry_errors(text, kind):
     assert classify(text) == kind
@@ -449,9 +459,7 @@ def test_push_without_credentials_fails_with_a_clear_message(isolated, registry_
 def test_publish_pushes_verifies_records_and_leaks_nothing(isolated, registry_server, images, monkeypatch,  # noqa: F811
                                                            capfd):
     ref, image_id = images("release one")
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     temp_before = set(Path(tempfile.gettempdir()).glob("flagrel-docker-config-*"))
     argvs: list[list[str]] = []
     real_run = subprocess.run
@@ -494,9 +502,7 @@ def test_publish_pushes_verifies_records_and_leaks_nothing(isolated, registry_se
 
 def test_republishing_the_same_image_changes_nothing(isolated, registry_server, images, monkeypatch):  # noqa: F811
     ref, _ = images("release same")
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     recipe, _ = load_recipe("tiny-cpu")
     first = publish(recipe, ref, FAST)
     second = publish(recipe, ref, FAST)
@@ -509,9 +515,7 @@ def test_immutable_tag_collision_is_refused_and_nothing_moves(isolated, registry
     key = secrets.token_hex(32)
     ref_a, _ = images("content A", key)
     ref_b, _ = images("content B, same content key label", key)
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     recipe, _ = load_recipe("tiny-cpu")
     first = publish(recipe, ref_a, FAST)
     with pytest.raises(UserError) as info:
@@ -526,9 +530,7 @@ def test_immutable_tag_collision_is_refused_and_nothing_moves(isolated, registry
 def test_moving_tag_moves_to_a_new_build(isolated, registry_server, images, monkeypatch):  # noqa: F811
     ref_a, _ = images("build A")
     ref_b, _ = images("build B")
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     recipe, _ = load_recipe("tiny-cpu")
     a = publish(recipe, ref_a, FAST)
     b = publish(recipe, ref_b, FAST)
@@ -543,9 +545,7 @@ def test_moving_tag_moves_to_a_new_build(isolated, registry_server, images, monk
 def test_untested_and_failed_images_are_not_pushed(isolated, registry_server, images, monkeypatch):  # noqa: F811
     untested, _ = images("untested", smoke=None, op_tests=None)
     failed, _ = images("failed", smoke=True, op_tests=False)
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     recipe, _ = load_recipe("tiny-cpu")
     for ref, why in ((untested, "no stored smoke result"), (failed, "op-tests FAILED")):
         with pytest.raises(UserError, match=why):
@@ -582,9 +582,7 @@ def test_wrong_password_is_refused_at_once(isolated, registry_server, images, mo
 
 def test_a_second_namespace_gets_its_own_record(isolated, registry_server, images, monkeypatch):  # noqa: F811
     ref, _ = images("two namespaces")
-    monkeypatch.setenv("FLAGREL_REGISTRY", registry_server.url)
-    monkeypatch.setenv("FLAGREL_REGISTRY_USER", registry_server.user)
-    monkeypatch.setenv("FLAGREL_REGISTRY_PASSWORD", registry_server.password)
+    registry_env(monkeypatch, registry_server)
     recipe, _ = load_recipe("tiny-cpu")
     first = publish(recipe, ref, FAST)
     first_dir = release_dir(first.registry, first.repository, first.immutable_tag)

@@ -38,11 +38,15 @@ def test_unknown_key_named_with_file(tmp_path):
     assert "flavor: unknown key" in text and path in text
 
 
-def test_reserved_engine_arg(tmp_path):
+@pytest.mark.parametrize(("engine_args", "message"), [
+    ("max_model_len: 256\n    port: 1", "serve.engine_args"),  # a reserved engine arg
+    ("max_model_len: {a: 1}", "max_model_len takes no mapping"),  # a mapping for an option that takes none
+])
+def test_bad_engine_args_are_refused(tmp_path, engine_args, message):
     good = (Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml").read_text()
     path = _write(tmp_path, good.replace("\nname: tiny-cpu", "\nname: bad", 1).replace(
-        "max_model_len: 256", "max_model_len: 256\n    port: 1"))
-    with pytest.raises(UserError, match="serve.engine_args"):
+        "max_model_len: 256", engine_args))
+    with pytest.raises(UserError, match=message):
         load_recipe(path)
 
 
@@ -91,14 +95,6 @@ def test_json_text_and_the_configurable_form_are_accepted(tmp_path):
     recipe, _ = load_recipe(_vl(tmp_path, "{image: {count: 4, width: 64, height: 64}}"))
     assert recipe.serve.image_limit() == 4
     assert '{"image":{"count":4,"width":64,"height":64}}' in engine_argv(recipe, "/m", "127.0.0.1", 1)
-
-
-def test_a_mapping_for_an_option_that_takes_none_is_refused(tmp_path):
-    good = (Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml").read_text()
-    path = _write(tmp_path, good.replace("\nname: tiny-cpu", "\nname: bad", 1).replace(
-        "max_model_len: 256", "max_model_len: {a: 1}"))
-    with pytest.raises(UserError, match="max_model_len takes no mapping"):
-        load_recipe(path)
 
 
 def test_more_smoke_images_than_the_limit_is_refused(tmp_path):

@@ -14,7 +14,7 @@ from tools import PROJECT_ROOT
 from tools.core.errors import UserError
 from tools.core.recipe import load_recipe
 from tools.mech import console
-from tools.mech.registry import RegistryClient, classify
+from tools.mech.registry import RegistryClient
 from tools.stages import card, results
 from tools.stages.publish import _PushLog
 from tools.stages.record import load_record, release_dir, write_release
@@ -25,16 +25,6 @@ def test_failure_tail_is_plain_text(capsys):
     err = capsys.readouterr().err
     assert "  | step [red]x[/] failed" in err and "  | [dim]|[/] literal" in err
     assert err.count("[dim]|[/]") == 1  # the log's own text, not our markup
-
-
-@pytest.mark.parametrize(("text", "kind"), [
-    ("dial tcp 127.0.0.1:5999: connect: connection refused", "unreachable"),
-    ("dial tcp: lookup registry.invalid: no such host", "unreachable"),
-    ("received unexpected HTTP status: 503 Service Unavailable", "transient"),
-    ("unauthorized: authentication required", "auth"),
-])
-def test_connection_refused_is_not_transient(text, kind):
-    assert classify(text) == kind
 
 
 def test_registry_where_nothing_listens_is_one_message_at_once():

@@ -219,13 +219,19 @@ def test_ctrl_c_while_waiting_removes_both_containers(debian_base, build_dir, tm
     assert set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}")) <= before
 
 
-def test_flagscale_missing_from_the_image_is_a_clear_failed_start(debian_base, build_dir, tmp_path) -> None:
-    recipe, _ = load_recipe("tiny-cpu-flagscale")
+def _failed_start(recipe_name: str, image: str, model_dir: Path) -> UserError:
+    """The smoke's error for a start that cannot work; it leaves no container behind."""
+    recipe, _ = load_recipe(recipe_name)
     before = set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}"))
     with pytest.raises(UserError) as err:
-        smoke(recipe, debian_base, model_dir=tmp_path)
-    assert "flagscale serve tiny_cpu_flagscale" in err.value.what and "started no engine" in err.value.what
+        smoke(recipe, image, model_dir=model_dir)
     assert set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}")) <= before
+    return err.value
+
+
+def test_flagscale_missing_from_the_image_is_a_clear_failed_start(debian_base, build_dir, tmp_path) -> None:
+    err = _failed_start("tiny-cpu-flagscale", debian_base, tmp_path)
+    assert "flagscale serve tiny_cpu_flagscale" in err.what and "started no engine" in err.what
 
 
 def test_without_rights_to_join_the_nodes_network_it_says_so(debian_base, build_dir, tmp_path, monkeypatch) -> None:
@@ -233,9 +239,5 @@ def test_without_rights_to_join_the_nodes_network_it_says_so(debian_base, build_
         raise PermissionError(1, f"cannot join the network namespace of pid {pid}: Operation not permitted")
 
     monkeypatch.setattr(launch.netns, "call_in", refused)
-    recipe, _ = load_recipe("tiny-cpu-2node")
-    before = set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}"))
-    with pytest.raises(UserError) as err:
-        smoke(recipe, debian_base, model_dir=tmp_path)
-    assert "cannot reach the nodes' private network" in err.value.what and "root" in err.value.fix
-    assert set(leftover_containers(f"{NAME_PREFIX}-{recipe.name}")) <= before
+    err = _failed_start("tiny-cpu-2node", debian_base, tmp_path)
+    assert "cannot reach the nodes' private network" in err.what and "root" in err.fix
