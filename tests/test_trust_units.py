@@ -94,3 +94,16 @@ def test_results_are_stored_per_image_and_recipe(build_dir):
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="lacks config_hash"):
         results.load(image, "tiny-cpu", "smoke")
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("https://u:sekrit@host/simple", "https://u:***@host/simple"),
+    ("pip --index-url https://user:tok3n@mirror.example/simple x",
+     "pip --index-url https://user:***@mirror.example/simple x"),
+    ("token=abc def", "token=*** def"),
+    ("Authorization: Bearer xyz", "Authorization: Bearer ***"),
+    ("password: hunter2", "password: ***"),
+    ("http://host/simple", "http://host/simple"),
+])
+def test_redact_masks_the_secret_itself(text, shown):
+    assert console.redact(text) == shown

@@ -52,7 +52,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
                         help="with --push: start (once) and use an authenticated registry on 127.0.0.1:5000")
 
 
-def _no_credentials(flag: str, url: str, env_var: str) -> str:
+def no_credentials(flag: str, url: str, env_var: str) -> str:
     """A URL given on the command line is seen by `ps`, shell history and nox's echo: it must hold no secret."""
     parts = urlsplit(url)
     secret_query = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)]
@@ -71,7 +71,7 @@ def _no_credentials(flag: str, url: str, env_var: str) -> str:
 
 def _index_urls(args: argparse.Namespace) -> tuple[str | None, tuple[str, ...]]:
     """Index URLs: credential-free ones from flags; ones with tokens from a file or the environment."""
-    index = args.index_url and _no_credentials("--index-url", args.index_url, ENV_INDEX_URL)
+    index = args.index_url and no_credentials("--index-url", args.index_url, ENV_INDEX_URL)
     if args.index_url_file is not None:
         if index:
             raise UserError("--index-url and --index-url-file both name the index", where="--index-url-file",
@@ -86,7 +86,7 @@ def _index_urls(args: argparse.Namespace) -> tuple[str | None, tuple[str, ...]]:
             raise UserError(f"{args.index_url_file} holds no URL", where="--index-url-file",
                             fix="write the index URL on its first line")
     index = index or os.environ.get(ENV_INDEX_URL) or None
-    extra = [_no_credentials("--extra-index-url", u, ENV_EXTRA_INDEX_URLS) for u in args.extra_index_url]
+    extra = [no_credentials("--extra-index-url", u, ENV_EXTRA_INDEX_URLS) for u in args.extra_index_url]
     extra += os.environ.get(ENV_EXTRA_INDEX_URLS, "").split()
     return index, tuple(extra)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tools.core import vendors
 from tools.core.errors import UserError
 from tools.core.lock import Lock, load_lock
-from tools.mech.console import info, phase, warn
+from tools.mech.console import info, phase, redact, warn
 from tools.stages import pylock
 from tools.stages.context import wheel_folders
 from tools.stages.plan import BuildOptions
+
+PYPI_SIMPLE = "https://pypi.org/simple"
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -21,8 +24,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--online", action="store_true",
                             help="also ask the index for every locked file: its sha256 and that it installs on "
                                  "the vendor's Python and platform (for locks whose image is not built here)")
-        parser.add_argument("--index-url", default="https://pypi.org/simple",
-                            help="the PEP 691 simple index to ask (default: %(default)s)")
+        parser.add_argument("--index-url", default=None,
+                            help="the PEP 691 simple index to ask (default: $FLAGREL_INDEX_URL, the builds' index, "
+                                 f"else {PYPI_SIMPLE}); one with a token goes in that variable, not here")
     if name == "lock-deps":
         parser.add_argument("--wheelhouse", action="append", default=[],
                             help="wheel folder for wheels no index has (default: pip's find-links)")
@@ -41,7 +45,11 @@ def command(name: str, args: argparse.Namespace) -> int:
                 else:
                     info(f"  {vendor:<7} {len(found.entries)} packages agree with versions.lock")
         if args.online:
-            _check_online(loaded.lock, chosen, args.index_url)
+            from tools.cli.build import ENV_INDEX_URL, no_credentials
+
+            index = (no_credentials("check-locks --index-url", args.index_url, ENV_INDEX_URL) if args.index_url
+                     else os.environ.get(ENV_INDEX_URL) or PYPI_SIMPLE)
+            _check_online(loaded.lock, chosen, index)
         return 0
     folders = wheel_folders(BuildOptions(wheelhouse=tuple(Path(w) for w in args.wheelhouse)))
     failed: list[str] = []
@@ -66,7 +74,8 @@ def command(name: str, args: argparse.Namespace) -> int:
 
 def _check_online(lock: Lock, chosen: tuple[str, ...], index_url: str) -> None:
     problems: list[str] = []
-    with phase(f"Check locked files against {index_url}"):
+    shown = redact(index_url)
+    with phase(f"Check locked files against {shown}"):
         for vendor in chosen:
             found = pylock.load(vendor)
             pins = lock.vendors[vendor]
@@ -85,5 +94,5 @@ def _check_online(lock: Lock, chosen: tuple[str, ...], index_url: str) -> None:
                                                                if local else ""))
     if problems:
         raise UserError("the index cannot serve these locked or pinned packages:\n  " + "\n  ".join(problems),
-                        where=index_url, fix="pin versions the index has (versions.lock), then nox -s lock-deps; "
+                        where=shown, fix="pin versions the index has (versions.lock), then nox -s lock-deps; "
                                               "or pass the index that has them (--index-url)")

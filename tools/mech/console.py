@@ -57,17 +57,18 @@ def _plain(text: str, colour: str | None = None) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
-# Anything that looks like a credential in a command line or log line is masked before it is shown.
+# Anything that looks like a credential in a command line or log line is masked before it is shown:
+# the value after password=/token: ..., and the password of a URL's user:password@.
 _SECRET_PATTERNS = [
-    re.compile(r"(?i)(password|passwd|token|secret|authorization)([=: ]+)(\S+)"),
-    re.compile(r"(?i)(https?://[^:/\s]+:)([^@\s]+)(@)"),
+    (re.compile(r"(?i)(authorization)([=: ]+)((?:basic|bearer|token|digest) +)?(\S+)"), r"\1\2\3***"),
+    (re.compile(r"(?i)(password|passwd|token|secret)([=: ]+)(\S+)"), r"\1\2***"),
+    (re.compile(r"(?i)(https?://[^:/@\s]+:)([^@\s]+)(@)"), r"\1***\3"),
 ]
 
 
 def redact(text: str) -> str:
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups == 3:
-            text = pattern.sub(lambda m: m.group(1) + m.group(2) + "***", text)
+    for pattern, masked in _SECRET_PATTERNS:
+        text = pattern.sub(masked, text)
     return text
 
 

@@ -9,6 +9,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 
 from tools.core.errors import UserError
+from tools.mech.console import redact
 
 JSON_SIMPLE = "application/vnd.pypi.simple.v1+json"
 
@@ -31,7 +32,7 @@ def project_files(session: object, index_url: str, name: str, *, timeout: float 
         resp.raise_for_status()
         data = resp.json()
     except (requests.RequestException, ValueError) as exc:
-        raise UserError(f"the index did not answer for {name}: {exc}", where=url,
+        raise UserError(f"the index did not answer for {name}: {redact(str(exc))}", where=redact(url),
                         fix="check the index URL, HTTPS_PROXY and REQUESTS_CA_BUNDLE") from exc
     files = []
     for entry in data.get("files", []):
