@@ -93,10 +93,13 @@ def test_two_no_cache_builds_install_the_same_packages(cpu_image):
         assert first.distributions == second.distributions
         assert first.distributions == pylock.load("cpu").names(multinode=False)
     finally:
-        # the session's image gets its tags back; the two rebuilt ones go
+        # the session's image gets its tags back; the two rebuilt ones go, and so does the build cache they
+        # left beyond 20 GB (two 4 GB layers a run: repeated runs filled a 100 GB disk)
         for ref in (image.ref, image.key_ref):
             subprocess.run(["docker", "tag", image.image_id, ref], check=True)
         subprocess.run(["docker", "rmi", *built], capture_output=True, check=False)
+        subprocess.run(["docker", "builder", "prune", "-f", "--keep-storage", "20gb"], capture_output=True,
+                       check=False)
 
 
 def test_noop_rebuild_hits_the_content_key(cpu_image):
