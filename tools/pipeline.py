@@ -78,11 +78,9 @@ def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> BuiltIma
     lock_state = {True: "equal to the lock", None: "no lock"}.get(found.lock_matches, "?")
     info(f"  {len(found.distributions)} Python distributions ({lock_state}); Python {found.python}, "
          f"torch {found.torch}, engine {found.engine}; {found.os}")
-    wanted = facts.labels(found, ctx.plan.vendor)
-    have = docker.image_labels(image.image_id)
-    if all(have.get(k) == v for k, v in wanted.items()):
+    if image.skipped:  # found by content key, which only finds images that carry their facts labels
         return image
-    labelled = docker.relabel(image.key_ref, wanted, [image.ref, image.key_ref])
+    labelled = docker.relabel(image.key_ref, facts.labels(found, ctx.plan.vendor), [image.ref, image.key_ref])
     facts.move(found, labelled)
     docker.remove_image(image.image_id)
     info(f"  facts labelled: image {labelled[:19]} tagged {image.ref} and {image.key_ref}")

@@ -20,6 +20,7 @@ from tools.core import paths
 from tools.core.errors import UserError
 from tools.mech import docker
 from tools.stages.pylock import PyLock, normalize
+from tools.stages.pylock import load as load_pylock
 
 # runs inside the image with its own Python (stdlib only)
 _PROBE = r"""
@@ -174,15 +175,15 @@ def collect(image_ref: str, image_id: str, pylock: PyLock | None, *, multinode: 
     return facts
 
 
-def release_reports(image_id: str, pylock: PyLock | None, *, multinode: bool) -> ImageFacts | None:
-    """The SBOM of the image's packages and a pip-audit of its lock, made when it is released: advisories
-    change after a build, and a build that is never published need not wait for them."""
+def release_reports(image_id: str, vendor: str, *, multinode: bool) -> None:
+    """The SBOM of the image's packages and a pip-audit of its lock (when it was installed from one), made
+    when it is released: advisories change after a build, and a build never published need not wait for them."""
     facts = load(image_id)
     if facts is None:
-        return None
+        return
+    locked = load_pylock(vendor) if facts.lock_matches else None
     target = _dir(image_id)
-    facts.sbom = str(sbom(facts, pylock, target / "sbom.cdx.json"))
-    if pylock is not None and facts.lock_matches:
-        facts.audit = audit(pylock.requirements(multinode=multinode), target / "pip-audit.json")
+    facts.sbom = str(sbom(facts, locked, target / "sbom.cdx.json"))
+    if locked is not None:
+        facts.audit = audit(locked.requirements(multinode=multinode), target / "pip-audit.json")
     store(facts)
-    return facts

@@ -40,7 +40,7 @@ from tools.mech.registry import (
     scrub,
     with_retries,
 )
-from tools.stages import results
+from tools.stages import facts, results
 from tools.stages.card import render_card
 from tools.stages.record import (
     ImageContents,
@@ -279,17 +279,7 @@ def check_audit(recipe: Recipe, image_id: str) -> ImageContents | None:
     return contents
 
 
-def _release_reports(recipe: Recipe, image_id: str) -> None:
-    from tools.stages import facts, pylock
-
-    found = facts.load(image_id)
-    locked = pylock.load(recipe.vendor) if found and found.lock_matches else None
-    facts.release_reports(image_id, locked, multinode=recipe.serve.nnodes > 1)
-
-
 def _copy_reports(image_id: str, dest: Path) -> None:
-    from tools.stages import facts
-
     found = facts.load(image_id)
     for name in (found.sbom, (found.audit or {}).get("report")) if found else ():
         if name and Path(str(name)).is_file():
@@ -336,7 +326,7 @@ def publish(recipe: Recipe, image_ref: str, options: PublishOptions | None = Non
         dry_run=True,
     )
     with phase("Publish: SBOM and pip-audit of the image's packages"):
-        _release_reports(recipe, image.image_id)
+        facts.release_reports(image.image_id, recipe.vendor, multinode=recipe.serve.nnodes > 1)
         draft = draft.model_copy(update={"contents": check_audit(recipe, image.image_id)})
     render_card(recipe, draft)
     if options.dry_run:
