@@ -107,3 +107,15 @@ def test_results_are_stored_per_image_and_recipe(build_dir):
 ])
 def test_redact_masks_the_secret_itself(text, shown):
     assert console.redact(text) == shown
+
+
+def test_check_locks_refuses_a_token_on_its_command_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tools", "check-locks", "--online", "--vendor", "cpu", "--index-url",
+                           "https://me:s3cr3t-token@mirror.example/simple"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2
+    assert "check-locks --index-url carries credentials" in proc.stderr and "FLAGREL_INDEX_URL" in proc.stderr
+    assert "s3cr3t-token" not in proc.stdout + proc.stderr

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 from tools import PROJECT_ROOT
+from tools.cli.indexurls import ENV_EXTRA_INDEX_URLS, ENV_INDEX_URL, no_credentials
 from tools.core import paths, vendors
 from tools.core.errors import UserError
 from tools.core.textfile import read_utf8
 from tools.mech.console import info, phase
 from tools.stages.plan import BuildOptions, plan_for
 from tools.stages.render import render_dockerfile
-
-ENV_INDEX_URL = "FLAGREL_INDEX_URL"
-ENV_EXTRA_INDEX_URLS = "FLAGREL_EXTRA_INDEX_URLS"
-_SECRET_KEY = re.compile(r"(?i)token|password|passwd|secret|key|auth|signature|sig$")
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -50,23 +45,6 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push", action="store_true", help="publish after validation passed")
     parser.add_argument("--local-registry", action="store_true",
                         help="with --push: start (once) and use an authenticated registry on 127.0.0.1:5000")
-
-
-def no_credentials(flag: str, url: str, env_var: str) -> str:
-    """A URL given on the command line is seen by `ps`, shell history and nox's echo: it must hold no secret."""
-    parts = urlsplit(url)
-    secret_query = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)]
-    if parts.username or parts.password or secret_query:
-        shown = parts._replace(netloc=parts.hostname or "", query="").geturl()
-        raise UserError(
-            f"{flag} carries credentials ({'user:token@' if parts.username else 'a token in the query'}) on the "
-            f"command line, where `ps`, shell history and session logs show them: {shown} (credentials not shown)",
-            where=flag,
-            fix=f"pass it in the environment: export {env_var}='https://USER:TOKEN@host/simple' (in CI from a secret)"
-                + (", or put the URL in a file only you can read and pass --index-url-file FILE"
-                   if flag == "--index-url" else "; several URLs are separated by spaces"),
-        )
-    return url
 
 
 def _index_urls(args: argparse.Namespace) -> tuple[str | None, tuple[str, ...]]:

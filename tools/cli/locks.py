@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from tools.cli.indexurls import ENV_INDEX_URL, no_credentials
 from tools.core import vendors
 from tools.core.errors import UserError
 from tools.core.lock import Lock, load_lock
@@ -45,8 +46,6 @@ def command(name: str, args: argparse.Namespace) -> int:
                 else:
                     info(f"  {vendor:<7} {len(found.entries)} packages agree with versions.lock")
         if args.online:
-            from tools.cli.build import ENV_INDEX_URL, no_credentials
-
             index = (no_credentials("check-locks --index-url", args.index_url, ENV_INDEX_URL) if args.index_url
                      else os.environ.get(ENV_INDEX_URL) or PYPI_SIMPLE)
             _check_online(loaded.lock, chosen, index)

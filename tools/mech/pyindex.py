@@ -50,6 +50,19 @@ def project_files(session: object, index_url: str, name: str, *, timeout: float 
     return files
 
 
+def of_version(files: list[IndexFile], version: str) -> list[IndexFile]:
+    """The files of one version (compared as PEP 440 versions: "2.13.0" is "2.13")."""
+    from packaging.version import Version
+
+    wanted = Version(version)
+    return [f for f in files if f.version and Version(f.version) == wanted]
+
+
+def installs(file: IndexFile, supported: frozenset[Tag]) -> bool:
+    """A wheel with a supported tag, or an sdist (built at install)."""
+    return file.tags is None or bool(file.tags & supported)
+
+
 def supported_tags(python: str, arch: str, glibc: str) -> frozenset[Tag]:
     """The wheel tags CPython `python` (e.g. "3.12") installs on Linux `arch` with glibc `glibc` ("2.39")."""
     major, minor = (int(p) for p in python.split("."))

@@ -187,24 +187,23 @@ def index_problems(pylock: PyLock, pins: VendorPins, index_url: str, *, workers:
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
-    from packaging.version import Version
 
     from tools.mech import pyindex
 
     local = {normalize(w.name) for w in pins.wheelhouse}
-    supported = pyindex.supported_tags(pins.python, ARCHES[pins.platforms[0]], pins.glibc)
+    supported = _supported(pins)
     sessions = threading.local()
 
     def check(entry: Locked) -> str | None:
         if not hasattr(sessions, "session"):
             sessions.session = requests.Session()
-        files = [f for f in pyindex.project_files(sessions.session, index_url, normalize(entry.name))
-                 if f.version and Version(f.version) == Version(entry.version)]
+        files = pyindex.of_version(pyindex.project_files(sessions.session, index_url, normalize(entry.name)),
+                                   entry.version)
         locked = [f for f in files if f.sha256 in entry.hashes]
         if not locked:
             return (f"{entry.name}=={entry.version}: none of the {len(files)} files of that version on the index "
                     "has a sha256 the lock holds")
-        if not any(f.tags is None or f.tags & supported for f in locked):
+        if not any(pyindex.installs(f, supported) for f in locked):
             return (f"{entry.name}=={entry.version}: no locked file installs on Python {pins.python} "
                     f"{platform_of(pins)} ({', '.join(f.filename for f in locked[:3])}, ...)")
         return None
@@ -212,6 +211,12 @@ def index_problems(pylock: PyLock, pins: VendorPins, index_url: str, *, workers:
     wanted = [e for e in pylock.entries.values() if normalize(e.name) not in local]
     with ThreadPoolExecutor(workers) as pool:
         return [problem for problem in pool.map(check, wanted) if problem]
+
+
+def _supported(pins: VendorPins) -> frozenset:
+    from tools.mech import pyindex
+
+    return pyindex.supported_tags(pins.python, ARCHES[pins.platforms[0]], pins.glibc)
 
 
 def unlocked_pin_problems(pins: VendorPins, index_url: str) -> list[str]:
@@ -222,13 +227,13 @@ def unlocked_pin_problems(pins: VendorPins, index_url: str) -> list[str]:
 
     from tools.mech import pyindex
 
-    supported = pyindex.supported_tags(pins.python, ARCHES[pins.platforms[0]], pins.glibc)
+    supported = _supported(pins)
     session = requests.Session()
     problems = []
     for name, version in {"torch": pins.torch, **pins.pins}.items():
         files = pyindex.project_files(session, index_url, normalize(name))
-        same = [f for f in files if f.version and Version(f.version) == Version(version)]
-        if not any(f.tags is None or f.tags & supported for f in same):
+        same = pyindex.of_version(files, version)
+        if not any(pyindex.installs(f, supported) for f in same):
             newest = max((Version(f.version) for f in files if f.version), default=None)
             problems.append(f"{normalize(name)}=={version}: " + (
                 f"{len(same)} files of that version, none installs on Python {pins.python} {platform_of(pins)}"
