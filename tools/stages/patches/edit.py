@@ -88,31 +88,36 @@ def patch(vendor: str, *, lock: Lock | None = None) -> PatchResult:
             raise _edits_error(repo, vendor, edits)
         repo.checkout_branch(BRANCH, pristine.commit)
     _remove_stamp(repo)
-    reused = reuse_applied(repo, stack, pristine.commit)
-    if reused is not None:  # no work twice: this stack was applied on this base before
+    reused = reuse_applied(repo, stack, pristine.commit)  # no work twice: this stack on this base before
+    if reused is not None:
         reused.save(repo)
-        _write_stamp(repo, stack)
-        return PatchResult(vendor, repo.work_tree, stack, len(stack.patches), changed=True)
+    else:
+        _apply_fresh(repo, vendor, stack, state, pristine.commit, at_pristine)
+    _write_stamp(repo, stack)
+    return PatchResult(vendor, repo.work_tree, stack, len(stack.patches), changed=True)
+
+
+def _apply_fresh(repo: Repo, vendor: str, stack: StackInfo, state: WorkspaceState, base: str,
+                 at_pristine: bool) -> None:
+    """`git am` of the whole stack on base; the result is remembered for reuse_applied."""
     try:
         try:
             # At pristine nothing is discarded: `git am` keeps edits and stops when one is in its way.
             applied = apply_stack(repo, stack.patches, clean=not at_pristine)
         except _Unverified:  # it stopped; am --abort left pristine and the edits: which was it?
-            edits = find_edits(repo, state, pristine.commit)
+            edits = find_edits(repo, state, base)
             if edits:
                 raise _edits_error(repo, vendor, edits) from None
             applied = apply_stack(repo, stack.patches)
     except _Failed as failed:
-        WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), False,
+        WorkspaceState(vendor, base, stack.stack_hash, stack.short_id, repo.head(), False,
                        {sha: p.relpath for sha, p in failed.failure.applied}, stack.removes).save(repo)
         raise _failure_error(failed.failure, repo, vendor, stack) from None
-    state = WorkspaceState(vendor, pristine.commit, stack.stack_hash, stack.short_id, repo.head(), True,
-                           {sha: p.relpath for sha, p in applied}, stack.removes)
-    state.save(repo)
+    done = WorkspaceState(vendor, base, stack.stack_hash, stack.short_id, repo.head(), True,
+                          {sha: p.relpath for sha, p in applied}, stack.removes)
+    done.save(repo)
     if stack.patches:
-        remember_applied(repo, state)
-    _write_stamp(repo, stack)
-    return PatchResult(vendor, repo.work_tree, stack, len(applied), changed=True)
+        remember_applied(repo, done)
 
 
 def _edits_error(repo: Repo, vendor: str, edits: Edits) -> UserError:

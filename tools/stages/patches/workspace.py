@@ -75,9 +75,10 @@ class WorkspaceState:
             return cls(vendor, base)
         return state if state.base == base else cls(vendor, base)
 
-    def save(self, repo: Repo) -> None:
-        path = _state_file(repo)
-        path.parent.mkdir(exist_ok=True)
+    def save(self, repo: Repo, path: Path | None = None) -> None:
+        """To the workspace's state file, or to `path`."""
+        path = path or _state_file(repo)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
 
@@ -92,9 +93,7 @@ def _applied_file(repo: Repo, stack_hash: str) -> Path:
 def remember_applied(repo: Repo, state: WorkspaceState) -> None:
     """Keep what a complete `git am` of a stack made, for reuse_applied."""
     assert state.complete and state.stack_hash and state.tip
-    path = _applied_file(repo, state.stack_hash)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
+    state.save(repo, _applied_file(repo, state.stack_hash))
     repo.update_ref(f"{APPLIED_PREFIX}/{state.stack_hash}", state.tip, message="flagrelease: applied stack")
 
 
