@@ -262,6 +262,25 @@ def test_patching_again_reuses_what_git_am_made(project: Path, pristine: Pristin
     assert len(ams) == 1 and repo.head() == tip
 
 
+# What patch and unpatch must not load: each costs a quick command 3-75 ms (issue 11's speed goal). tomllib is
+# absent once versions.lock and vendors.toml were parsed (tools/core/tomlfile.py).
+SLOW_IMPORTS = {"pydantic", "rich", "yaml", "jinja2", "requests", "dataclasses", "inspect", "tomllib"}
+
+
+def test_quick_commands_load_nothing_slow(project: Path, pristine: PristineTree) -> None:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    loaded: dict[str, set[str]] = {}
+    for command in ("patch", "unpatch", "patch", "unpatch"):  # the second round (kept) finds the parses memoised
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "tools", command, "--vendor", "cpu"],
+                              cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert "tools.stages.patches.workspace" in modules  # the parse found the command's own modules
+        loaded[command] = {m.split(".")[0] for m in modules} | modules
+    assert Repo.at(patches.workspace_dir("cpu")).head() == pristine.commit
+    assert not {command: sorted(SLOW_IMPORTS & found) for command, found in loaded.items() if SLOW_IMPORTS & found}
+
+
 def test_reusing_refuses_over_an_edit_and_git_am_names_it(project: Path, pristine: PristineTree) -> None:
     patches.patch("cpu")
     patches.unpatch("cpu")

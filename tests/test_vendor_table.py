@@ -7,6 +7,7 @@ nox session list. It also checks the table's derived facts in this checkout.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -143,3 +144,49 @@ def test_a_hostile_glob_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAGREL_VENDORS", str(table))
     with pytest.raises(UserError, match="device_globs"):
         vendors.table()
+
+
+# --- TOML parsed once per content (tools/core/tomlfile.py) -----------------------------------------------------
+
+
+def test_a_toml_parse_is_reused_only_for_the_very_same_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    from tools.core import tomlfile
+
+    monkeypatch.setenv("FLAGREL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "vendors.toml"
+    first = '[a]\nx = 1\nf = 0.1\nlist = ["p", "q"]\n'
+    assert tomlfile.loads(first, path) == tomllib.loads(first)
+    memos = list((tmp_path / "cache" / "parsed").iterdir())
+    assert len(memos) == 1 and memos[0].name.startswith("vendors.toml-")
+    # a memo that answers for the same text is used: make it say something else to see that it was read
+    memos[0].write_text(json.dumps({"text": first, "data": {"from": "memo"}}))
+    assert tomlfile.loads(first, path) == {"from": "memo"}
+    # one changed byte: parsed afresh, the memo rewritten
+    second = first.replace("x = 1", "x = 2")
+    assert tomlfile.loads(second, path) == tomllib.loads(second) and tomllib.loads(second)["a"]["x"] == 2
+    assert tomlfile.loads(second, path)["a"]["x"] == 2
+    # another file of the same name elsewhere has its own memo
+    assert tomlfile.loads(first, tmp_path / "other" / "vendors.toml")["a"]["x"] == 1
+    assert len(list((tmp_path / "cache" / "parsed").glob("*.json"))) == 2
+    # a corrupt memo and a malformed file behave as without the memo
+    for memo in (tmp_path / "cache" / "parsed").glob("*.json"):
+        memo.write_text("{not json")
+    assert tomlfile.loads(second, path)["a"]["x"] == 2
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomlfile.loads("[a\n", path)
+    # dates have no JSON form: parsed each time, never memoised
+    dated = "[a]\nwhen = 2026-01-02\n"
+    assert str(tomlfile.loads(dated, tmp_path / "dated.toml")["a"]["when"]) == "2026-01-02"
+    assert not list((tmp_path / "cache" / "parsed").glob("dated.toml-*"))
+
+
+def test_a_toml_parse_works_without_a_writable_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools.core import tomlfile
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("FLAGREL_CACHE", str(blocker))
+    assert tomlfile.loads("[a]\nx = 1\n", tmp_path / "v.toml") == {"a": {"x": 1}}
+    assert blocker.read_text() == "a file where the cache folder would be"

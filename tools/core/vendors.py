@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tools import PROJECT_ROOT
+from tools.core import tomlfile
 from tools.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,10 +39,10 @@ def _rows(path: Path) -> dict[str, dict[str, Any]]:
     """The table's rows as TOML gives them (names checked, rows not yet validated)."""
     fix = _FIX
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomlfile.loads(path.read_text(encoding="utf-8"), path)
     except FileNotFoundError as exc:
         raise UserError("vendor table not found", where=str(path), fix="restore vendors.toml from git") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # tomllib.TOMLDecodeError, UnicodeDecodeError
         raise UserError(f"vendor table is not valid TOML: {exc}", where=str(path), fix=fix) from exc
     for name, row in data.items():
         if not isinstance(row, dict):

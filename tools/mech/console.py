@@ -15,9 +15,8 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tools.core import paths
 from tools.core.errors import UserError
@@ -110,8 +109,7 @@ def new_log(name: str) -> Path:
     return paths.logs_dir() / f"{stamp}-{name}.log"
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     returncode: int
     tail: list[str]
     log: Path

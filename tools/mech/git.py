@@ -11,8 +11,8 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # Pinned for every invocation: options that change bytes on disk or in patches.
 _PINNED_CONFIG = (
@@ -73,8 +73,7 @@ FORMAT_PATCH_OPTIONS = (
 NEUTRAL_ATTRIBUTES = "* -text -eol -filter -ident -working-tree-encoding\n"
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     name: str
     email: str
     date: str | None = None  # any format git accepts; None: now
@@ -185,8 +184,7 @@ def git_bytes(
     return proc
 
 
-@dataclass(frozen=True)
-class StatusEntry:
+class StatusEntry(NamedTuple):
     code: str  # two-letter porcelain v1 code: " M", "A ", "??", "R ", ...
     path: str
     orig_path: str | None = None

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tools.mech.git import Identity, Repo, identity_env
 
@@ -161,8 +161,7 @@ def stripspace(text: str) -> str:
 # --- what a file is ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Shape:
+class Shape(NamedTuple):
     kind: str  # "mail", "diff", "empty-mail" (a mail with no patch), "none"
     line: int  # 1-based: where the diff starts ("mail", "diff"), or where the file shows it is none
     detail: str
@@ -213,8 +212,7 @@ def shape(data: bytes) -> Shape:
 # --- am without a work tree --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MailInfo:
+class MailInfo(NamedTuple):
     author: Identity
     subject: str
     body: str

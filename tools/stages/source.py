@@ -14,9 +14,8 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from tools.core import paths
 from tools.core.errors import UserError
@@ -35,8 +34,7 @@ PRISTINE_BRANCH = "refs/heads/pristine"
 _MARKER_VERSION = 1
 
 
-@dataclass(frozen=True)
-class PristineTree:
+class PristineTree(NamedTuple):
     name: str
     version: str
     origin: Origin
@@ -75,11 +73,12 @@ def cached_source() -> PristineTree | None:
     """The pristine tree the lock names when it is already in the cache, found without validating the
     whole lock (no pydantic: the quick commands start in milliseconds). None when anything is missing,
     odd or not cached: then fetch_source(load_lock().lock) does the full job and reports errors."""
-    import tomllib
+    from tools.core import tomlfile
 
     mode = os.environ.get("FLAGREL_SOURCE", "auto")
     try:
-        up = tomllib.loads(paths.lock_file().read_text(encoding="utf-8"))["upstream"]
+        lock = paths.lock_file()
+        up = tomlfile.loads(lock.read_text(encoding="utf-8"), lock)["upstream"]
         fields = {key: str(up[key]) for key in ("name", "version", "git_commit", "sdist_sha256", "git_url",
                                                 "sdist_url")}
     except (OSError, ValueError, KeyError, TypeError):
@@ -149,7 +148,7 @@ def _write_pin(stem: str, want: dict[str, str]) -> None:
 
 def _write_marker(stem: str, tree: PristineTree, want: dict[str, str]) -> None:
     _write_pin(stem, want)
-    data = {**asdict(tree), "marker_version": _MARKER_VERSION}
+    data = {**tree._asdict(), "marker_version": _MARKER_VERSION}
     del data["path"], data["repo"]
     tmp = _marker(stem).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tools.core.errors import UserError
 from tools.mech.console import warn
@@ -57,8 +56,7 @@ def warn_strays(vendor: str) -> None:
 # --- commands ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PatchResult:
+class PatchResult(NamedTuple):
     vendor: str
     workspace: Path
     stack: StackInfo
@@ -129,8 +127,7 @@ def _edits_error(repo: Repo, vendor: str, edits: Edits) -> UserError:
     )
 
 
-@dataclass(frozen=True)
-class UnpatchResult:
+class UnpatchResult(NamedTuple):
     vendor: str
     workspace: Path
     backup_ref: str | None
@@ -195,8 +192,7 @@ def _backup(repo: Repo, vendor: str, edits: Edits) -> str:
     return ref
 
 
-@dataclass(frozen=True)
-class ExportResult:
+class ExportResult(NamedTuple):
     vendor: str
     counts: dict[str, int]  # part -> patches exported
     written: tuple[str, ...]  # files (relative to patches/) whose bytes changed

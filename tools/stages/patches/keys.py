@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tools import PROJECT_ROOT
 from tools.core import paths
@@ -32,8 +31,7 @@ class Unreadable(Exception):
     """An encrypted patch this process cannot read; str() says which and what key it needs."""
 
 
-@dataclass(frozen=True)
-class Keyring:
+class Keyring(NamedTuple):
     identities: tuple[Any, ...]
     source: str  # where the key came from, for messages ("FLAGREL_PATCH_KEY_FILE=/path"); never the key
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import tools.stages.patches.keys as keys
 from tools.core import paths, vendors
@@ -32,8 +32,7 @@ _SHOWN = 8  # edits listed in a message before "and N more"
 # --- the stack ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PatchFile:
+class PatchFile(NamedTuple):
     part: str  # "common" or a vendor
     name: str
     path: Path
@@ -55,8 +54,7 @@ class PatchFile:
         return keys.decrypt(self.path, data, self.sha256) if self.sealed else data
 
 
-@dataclass(frozen=True)
-class StackInfo:
+class StackInfo(NamedTuple):
     vendor: str
     patches: tuple[PatchFile, ...]
     stack_hash: str
@@ -72,8 +70,7 @@ class StackInfo:
                                           f"(an age identity file), or {keys.KEY_ENV}=AGE-SECRET-KEY-1...")
 
 
-@dataclass(frozen=True)
-class Series:
+class Series(NamedTuple):
     path: Path
     header: str  # leading comment and blank lines, kept verbatim when export rewrites the file
     names: tuple[str, ...]

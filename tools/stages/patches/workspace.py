@@ -6,9 +6,8 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import tools.stages.patches.keys as keys
 from tools.core import paths
@@ -55,15 +54,14 @@ def pristine_for(lock: Lock | None) -> PristineTree:
 # --- workspaces --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class WorkspaceState:
+class WorkspaceState(NamedTuple):
     vendor: str
     base: str
     stack_hash: str | None = None
     short_id: str | None = None
     tip: str | None = None  # HEAD as `patch` (or export) left it
     complete: bool = False
-    applied: dict[str, str] = field(default_factory=dict)  # commit -> patch relpath
+    applied: dict[str, str] = {}  # commit -> patch relpath (the shared default is never changed)
     removes: bool = False  # the applied stack deletes or renames files (unpatch then looks for reborn ones)
 
     @classmethod
@@ -79,7 +77,7 @@ class WorkspaceState:
         """To the workspace's state file, or to `path`."""
         path = path or _state_file(repo)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps(self._asdict(), indent=2, sort_keys=True) + "\n")
 
 
 def _state_file(repo: Repo) -> Path:
@@ -165,8 +163,7 @@ def open_workspace(vendor: str, pristine: PristineTree, *, create: bool) -> Repo
     return repo
 
 
-@dataclass(frozen=True)
-class Edits:
+class Edits(NamedTuple):
     """What a workspace holds beyond pristine + the commits `patch` made."""
 
     changed: tuple[StatusEntry, ...]
@@ -239,8 +236,7 @@ def _remove_stamp(repo: Repo) -> None:
 # --- applying ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ApplyFailure:
+class ApplyFailure(NamedTuple):
     patch: PatchFile
     file: str | None
     hunk: str | None
