@@ -1,14 +1,17 @@
 """Build benchmark, cpu recipe, one run, side by side:
 
-  cold build, pip     today's pip path (the lock hidden): resolution at build time, no byte-code
-  cold build, uv+lock locks/cpu.txt installed by uv, hash-checked, byte-compiled
+  cold build, pip     today's pip path (the lock hidden): resolution at build time
+  cold build, uv+lock locks/cpu.txt installed by uv, hash-checked; the front-door check writes the byte-code
+                      of what the engine imports (both paths run that check)
   (both: layers --no-cache and the pip/uv cache mounts pruned first)
   main job, first     `nox -s build-cpu -- tiny-cpu` validates the image (smoke + op tests)
   main job, no-op     the same again: content key matches, checks passed before: nothing runs
-  start to ready      smoke serve of the uv image, with its byte-code and with every .pyc removed
+  start to ready      smoke serve of the uv image as built, with every installed file compiled
+                      (uv --compile-bytecode's result) and with every .pyc removed
   cold build          BuildKit cache pruned (layers and pip cache mounts), our context
   no-op rebuild       same inputs again: the content key short-cuts the build
-  one-patch rebuild   a one-line change in one patch: only the overlay and the stamp check rebuild
+  one-patch rebuild   a one-line change in one patch, new in every run (so no earlier run's layers can
+                      answer it): only the overlay and the front-door check rebuild
   plain docker build  the same rendered Dockerfile, whole patched source tree (+ wheels) as context
   push                the uv image to the local htpasswd registry (127.0.0.1:5000), a new repository
 Each cold build also prints its slowest BuildKit steps, read from its build log (uv's own lines split
@@ -74,13 +77,13 @@ def timed_main_job() -> float:
     return time.monotonic() - start
 
 
-def without_bytecode(image_ref: str) -> str:
-    """The same image with every .pyc removed (what a build without --compile-bytecode ships)."""
-    ref = "flagrelease-bench/no-pyc:latest"
-    source = "flagrelease-bench/with-pyc:latest"  # BuildKit's FROM takes a name, not an image id
+def derived(image_ref: str, name: str, command: str) -> str:
+    """The same image with one more RUN step."""
+    ref = f"flagrelease-bench/{name}:latest"
+    source = "flagrelease-bench/as-built:latest"  # BuildKit's FROM takes a name, not an image id
     subprocess.run(["docker", "tag", image_ref, source], check=True)
-    with tempfile.TemporaryDirectory(prefix="bench-nopyc-") as tmp:
-        (Path(tmp) / "Dockerfile").write_text(f"FROM {source}\nRUN find /opt/venv -name '*.pyc' -delete\n")
+    with tempfile.TemporaryDirectory(prefix="bench-derived-") as tmp:
+        (Path(tmp) / "Dockerfile").write_text(f"FROM {source}\nRUN {command}\n")
         subprocess.run(["docker", "build", "-q", "-t", ref, tmp], check=True, capture_output=True)
     return ref
 
@@ -188,24 +191,29 @@ def measure(args: argparse.Namespace, row: Callable[[str, float], None], built: 
         prune_cache_mounts()
     cold, _, uv_image = one_build(BuildOptions(no_cache=True))
     built.add(uv_image.image_id)
-    row("cold build, uv + lock (hash-checked, byte-compiled)", cold)
+    row("cold build, uv + lock (hash-checked)", cold)
     for name, image in (("pip", pip_image), ("uv + lock", uv_image)):
         if image.log:
             print(f"slowest steps, cold build {name} (log: {image.log}):", *slowest_steps(image.log), sep="\n")
     row("main job, first (validates: smoke + op tests)", timed_main_job())
     row("main job, no-op (nox included)", timed_main_job())
-    row("start to ready, byte-compiled image", start_to_ready(uv_image.image_id))
-    nopyc = without_bytecode(uv_image.image_id)
+    row("start to ready, as built (front-door byte-code)", start_to_ready(uv_image.image_id))
+    # what uv --compile-bytecode gives: every installed file (the same invalidation mode: timestamps; and as
+    # uv does, files that do not compile, such as test data in Python 2 syntax, are passed over)
+    every = derived(uv_image.image_id, "every-pyc", "python -m compileall -q -j 0 /opt/venv/lib > /dev/null || true")
+    built.add(image_id(every))
+    row("start to ready, every installed file compiled", start_to_ready(every))
+    nopyc = derived(uv_image.image_id, "no-pyc", "find /opt/venv -name '*.pyc' -delete")
     built.add(image_id(nopyc))
     row("start to ready, same image without .pyc", start_to_ready(nopyc))
     row("push to the local registry (new repository)", push_seconds(uv_image.image_id))
     if args.patch_rows:
-        edit_one_patch("1")
+        edit_one_patch(f"1 at {time.time_ns()}")
         one, _, image2 = one_build(BuildOptions())
         built.add(image2.image_id)
         assert not image2.skipped
         row("one-patch rebuild (ours: patch, context, build)", one)
-        edit_one_patch("2")
+        edit_one_patch(f"2 at {time.time_ns()}")
         prepared_start = time.monotonic()
         plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
         tree = patches.patched_tree("cpu")
@@ -254,15 +262,20 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:<55} {seconds:9.2f}")
     took = dict(rows)
-    cold, pip_cold = took["cold build, uv + lock (hash-checked, byte-compiled)"], took[
+    cold, pip_cold = took["cold build, uv + lock (hash-checked)"], took[
         "cold build, pip path (resolves at build time)"]
-    noop, ready_pyc = took["main job, no-op (nox included)"], took["start to ready, byte-compiled image"]
+    noop, ready_pyc = took["main job, no-op (nox included)"], took["start to ready, as built (front-door byte-code)"]
     ready_nopyc = took["start to ready, same image without .pyc"]
+    ready_every = took["start to ready, every installed file compiled"]
     verdict = "met" if cold <= 0.5 * pip_cold else "MISSED"
     print(f"\nuv+lock / pip cold build: {cold / pip_cold:.2f} (goal <= 0.50: {verdict})")
     print(f"no-op main job {noop:.2f}s (goal <= 2 s: {'met' if noop <= 2 else 'MISSED'})")
-    print(f"start to ready with/without byte-code: {ready_pyc / ready_nopyc:.2f} "
-          f"(goal <= 40 s: {'met' if ready_pyc <= 40 else 'MISSED'})")
+    print(f"start to ready as built / every file compiled / no byte-code: {ready_pyc:.1f} / {ready_every:.1f} / "
+          f"{ready_nopyc:.1f} s (goal <= 40 s: {'met' if ready_pyc <= 40 else 'MISSED'})")
+    if "one-patch rebuild (ours: patch, context, build)" in took:
+        one = took["one-patch rebuild (ours: patch, context, build)"]
+        verdict = "met" if one < 0.1 * cold else "MISSED"
+        print(f"one-patch rebuild / uv cold build: {one / cold:.2f} (goal < 0.10: {verdict})")
     return 0
 
 
