@@ -1,6 +1,6 @@
 """Build benchmark, cpu recipe, one run, side by side:
 
-  cold build, pip     today's pip path (the lock hidden): resolution at build time
+  cold build, pip     today's pip path (the lock hidden): resolution at build time; pip byte-compiles all
   cold build, uv+lock locks/cpu.txt installed by uv, hash-checked; the front-door check writes the byte-code
                       of what the engine imports (both paths run that check)
   (both: layers --no-cache and the pip/uv cache mounts pruned first)
