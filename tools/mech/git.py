@@ -346,13 +346,12 @@ class Repo:
         self.run("checkout", "--quiet", "--force", "-B", branch, rev)
 
     def fast_forward_tree(self, rev: str, message: str = "flagrelease") -> None:
-        """Move the current branch from HEAD to `rev`, writing only the files that differ (a two-way
-        read-tree, no full refresh). Only for a clean work tree: the caller has checked for edits."""
-        branch = self.current_branch()
-        if branch is None:
-            raise GitError(["read-tree"], 1, "", "HEAD is detached")
-        self.run("read-tree", "-m", "-u", "HEAD", rev)
-        self.update_ref(f"refs/heads/{branch}", rev, message=message)
+        """Move the current branch from HEAD to `rev`, writing only the files that differ between the two
+        (`reset --keep`: a two-way merge, no full refresh; one git process where read-tree + update-ref
+        took two). A file that differs and holds an edit makes it refuse, changing nothing (GitError)."""
+        if self.current_branch() is None:
+            raise GitError(["reset"], 1, "", "HEAD is detached")
+        self.run("reset", "--quiet", "--keep", rev, env={"GIT_REFLOG_ACTION": message})
 
     def reset_hard(self, rev: str) -> None:
         self.run("reset", "--quiet", "--hard", rev)

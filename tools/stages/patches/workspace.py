@@ -98,9 +98,9 @@ def remember_applied(repo: Repo, state: WorkspaceState) -> None:
 def reuse_applied(repo: Repo, stack: StackInfo, base: str) -> WorkspaceState | None:
     """The state of an earlier `git am` of exactly this stack (same patch bytes, order and vendor) on this
     base, with the work tree moved to its tip: the same mails, base, applier and dates give the same
-    commits, so `git am` would make this very tip again. A two-way read-tree writes only the stack's files
-    and refuses, changing nothing, when one of them holds an edit. None: nothing known, or refused (the
-    caller then runs `git am`, which stops on the edit and says so)."""
+    commits, so `git am` would make this very tip again. A two-way merge (reset --keep) writes only the
+    stack's files and refuses, changing nothing, when one of them holds an edit. None: nothing known, or
+    refused (the caller then runs `git am`, which stops on the edit and says so)."""
     try:
         known = WorkspaceState(**json.loads(_applied_file(repo, stack.stack_hash).read_text()))
     except (OSError, ValueError, TypeError):
