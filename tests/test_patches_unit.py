@@ -628,6 +628,30 @@ def test_cli_failure_is_one_message_and_exit_2(env: Env, capsys: pytest.CaptureF
     assert "refs/flagrelease/backup/cpu/" in capsys.readouterr().err
 
 
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+            if f.is_file() and ".git" not in f.relative_to(root).parts}
+
+
+def test_a_git_failure_nobody_expected_is_one_message_and_changes_nothing(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A .git/index.lock left by a crashed git (or another git at work): git's own words, exit 2, no traceback."""
+    make_stack(env, STACK)
+    assert cli.main(["patch", "--vendor", "cpu"]) == 0
+    repo = env.repo("cpu")
+    tip, before = repo.head(), files_of(env.ws("cpu"))
+    capsys.readouterr()
+    (repo.git_dir / "index.lock").touch()
+    assert cli.main(["unpatch", "--vendor", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: git reset failed: fatal: Unable to create '{repo.git_dir / 'index.lock'}': File exists." in err
+    assert f"where: {env.ws('cpu')}" in err and "index.lock left by a crashed one can be removed" in err
+    assert repo.head() == tip and files_of(env.ws("cpu")) == before
+    (repo.git_dir / "index.lock").unlink()
+    assert cli.main(["unpatch", "--vendor", "cpu"]) == 0 and repo.head() == env.pristine.commit
+
+
 # --- fetching the source -----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from types import FrameType
 
 from tools.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, UserError
 from tools.mech.console import fail_exit, stderr_line
+from tools.mech.git import GitError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "patch": ("tools.cli.patches", "apply the vendor patch stack onto the pristine upstream workspace"),
@@ -94,3 +95,8 @@ def _main(argv: list[str]) -> int:
         return int(module.command(name, args) or 0)
     except UserError as err:
         return fail_exit(err)
+    except GitError as err:  # one the policy layer did not expect: git's own words, not a traceback
+        return fail_exit(UserError(
+            f"git {err.subcommand()} failed: {err.said()}", where=err.repository(),
+            fix="git's words say why; if another git process works in that repository let it finish (a "
+                ".git/index.lock left by a crashed one can be removed), then run the command again"))

@@ -93,6 +93,32 @@ class GitError(Exception):
         text = (self.stderr or self.stdout).strip().splitlines()
         return " | ".join(text[-lines:]) if text else "(no output)"
 
+    def said(self) -> str:
+        """git's own verdict: its fatal:/error: lines (a long hint after them, such as the one about a
+        left-over index.lock, would push them out of tail()), else the tail."""
+        verdict = [line for line in (self.stderr or self.stdout).splitlines() if line.startswith(("fatal:", "error:"))]
+        return " | ".join(verdict) if verdict else self.tail()
+
+    def subcommand(self) -> str:
+        options_with_value = {"-C", "-c"}
+        skip = False
+        for arg in self.args_:
+            if skip:
+                skip = False
+            elif arg in options_with_value:
+                skip = True
+            elif not arg.startswith("-"):
+                return arg
+        return " ".join(self.args_)
+
+    def repository(self) -> str | None:
+        """The work tree (or git dir) the command ran in, from its own arguments."""
+        for flag in ("--work-tree=", "--git-dir="):
+            found = [a[len(flag):] for a in self.args_ if a.startswith(flag)]
+            if found:
+                return found[0]
+        return next((b for a, b in zip(self.args_, self.args_[1:], strict=False) if a == "-C"), None)
+
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
