@@ -628,6 +628,20 @@ def test_cli_failure_is_one_message_and_exit_2(env: Env, capsys: pytest.CaptureF
     assert "refs/flagrelease/backup/cpu/" in capsys.readouterr().err
 
 
+def test_an_unreadable_state_file_discards_nothing(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """state.json that is not UTF-8 JSON: the commits beyond the base count as the user's (no traceback)."""
+    make_stack(env, STACK)
+    assert cli.main(["patch", "--vendor", "cpu"]) == 0
+    repo = env.repo("cpu")
+    tip = repo.head()
+    (repo.git_dir / "flagrelease" / "state.json").write_bytes(b"\xff\xfe")
+    capsys.readouterr()
+    assert cli.main(["unpatch", "--vendor", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "commits not made by `patch`" in err
+    assert repo.head() == tip
+
+
 def files_of(root: Path) -> dict[str, bytes]:
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
             if f.is_file() and ".git" not in f.relative_to(root).parts}

@@ -65,13 +65,19 @@ class WorkspaceState(NamedTuple):
     removes: bool = False  # the applied stack deletes or renames files (unpatch then looks for reborn ones)
 
     @classmethod
-    def load(cls, repo: Repo, vendor: str, base: str) -> WorkspaceState:
+    def read(cls, path: Path) -> WorkspaceState | None:
+        """A saved state; None when it is missing or unreadable (the caller then starts from a fresh one,
+        under which every commit beyond the base counts as the user's: nothing is discarded)."""
         try:
-            data = json.loads(_state_file(repo).read_text())
-            state = cls(**data)
-        except (FileNotFoundError, json.JSONDecodeError, TypeError):
-            return cls(vendor, base)
-        return state if state.base == base else cls(vendor, base)
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    @classmethod
+    def load(cls, repo: Repo, vendor: str, base: str) -> WorkspaceState:
+        """The workspace's state, or a fresh one for this base."""
+        state = cls.read(_state_file(repo))
+        return state if state is not None and state.base == base else cls(vendor, base)
 
     def save(self, repo: Repo, path: Path | None = None) -> None:
         """To the workspace's state file, or to `path`."""
@@ -101,13 +107,10 @@ def reuse_applied(repo: Repo, stack: StackInfo, base: str) -> WorkspaceState | N
     commits, so `git am` would make this very tip again. A two-way merge (reset --keep) writes only the
     stack's files and refuses, changing nothing, when one of them holds an edit. None: nothing known, or
     refused (the caller then runs `git am`, which stops on the edit and says so)."""
-    try:
-        known = WorkspaceState(**json.loads(_applied_file(repo, stack.stack_hash).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    known = WorkspaceState.read(_applied_file(repo, stack.stack_hash))
     tip = repo.ref(f"{APPLIED_PREFIX}/{stack.stack_hash}")
-    if (not known.complete or known.base != base or known.stack_hash != stack.stack_hash or tip != known.tip
-            or len(known.applied) != len(stack.patches) or repo.head() != base):
+    if (known is None or not known.complete or known.base != base or known.stack_hash != stack.stack_hash
+            or tip != known.tip or len(known.applied) != len(stack.patches) or repo.head() != base):
         return None
     try:
         repo.fast_forward_tree(tip, message=f"flagrelease patch: stack {stack.short_id}, applied before")
