@@ -6,6 +6,9 @@ Regenerate after an intended template change: UPDATE_GOLDEN=1 pytest tests/test_
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,27 @@ def test_install_choice():
     assert mode == "source" and "csrc/foo.cu" in why
     ascend = load_lock().lock.vendors["ascend"]
     assert choose_install(ascend, fixed_stack("ascend"))[0] == "source"
+
+
+def test_the_stamp_check_runs_and_names_what_it_found(tmp_path: Path) -> None:
+    """The front-door step's Python, as rendered, run against a stand-in vllm package: it passes on the
+    build's stack id and says what it found otherwise, without importing vllm."""
+    text = _render("cpu").replace("\\\n", "")  # the Dockerfile's line continuations
+    code = re.search(r"RUN python -c '([^']+)'", text).group(1)
+    package = tmp_path / "vllm"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise SystemExit('the check must not import vllm')\n")
+
+    def run(stamp: str, where: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        (package / "_flagos_stack.py").write_text(f'STACK_ID = "{stamp}"\n')
+        # -S: no site-packages (a real vllm there must not answer); `python -c` finds packages in its cwd
+        return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=where)
+
+    assert run("ffffffffffff").returncode == 0
+    wrong = run("0123456789ab")
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == ("stamp mismatch: the vllm Python finds carries stack 0123456789ab, "
+                                    "this build ffffffffffff")
+    (tmp_path / "elsewhere").mkdir()
+    missing = run("ffffffffffff", tmp_path / "elsewhere")
+    assert missing.returncode == 1 and missing.stderr.strip() == "no vllm on the path"
