@@ -52,6 +52,18 @@ from tools.stages.plan import (
     plan_for,  # noqa: E402
 )
 
+# the rows, by the label each is printed with (measure() writes them, main() reads the goals' rows)
+PIP_COLD = "cold build, pip path (resolves at build time)"
+UV_COLD = "cold build, uv + lock (hash-checked)"
+FIRST = "main job, first (validates: smoke + op tests)"
+NOOP = "main job, no-op (nox included)"
+READY = "start to ready, as built (front-door byte-code)"
+READY_EVERY = "start to ready, every installed file compiled"
+READY_NONE = "start to ready, same image without .pyc"
+PUSH = "push to the local registry (new repository)"
+ONE_PATCH = "one-patch rebuild (ours: patch, context, build)"
+ONE_PATCH_PLAIN = "one-patch rebuild, plain docker build of whole tree"
+
 
 def prune_cache_mounts() -> None:
     """Only the pip/uv cache mounts (layers are rebuilt with --no-cache): other builds keep their layers."""
@@ -186,33 +198,33 @@ def measure(args: argparse.Namespace, row: Callable[[str, float], None], built: 
     with lock_hidden():
         pip_cold, _, pip_image = one_build(BuildOptions(no_cache=True))
     built.add(pip_image.image_id)
-    row("cold build, pip path (resolves at build time)", pip_cold)
+    row(PIP_COLD, pip_cold)
     if not args.keep_cache:
         prune_cache_mounts()
     cold, _, uv_image = one_build(BuildOptions(no_cache=True))
     built.add(uv_image.image_id)
-    row("cold build, uv + lock (hash-checked)", cold)
+    row(UV_COLD, cold)
     for name, image in (("pip", pip_image), ("uv + lock", uv_image)):
         if image.log:
             print(f"slowest steps, cold build {name} (log: {image.log}):", *slowest_steps(image.log), sep="\n")
-    row("main job, first (validates: smoke + op tests)", timed_main_job())
-    row("main job, no-op (nox included)", timed_main_job())
-    row("start to ready, as built (front-door byte-code)", start_to_ready(uv_image.image_id))
+    row(FIRST, timed_main_job())
+    row(NOOP, timed_main_job())
+    row(READY, start_to_ready(uv_image.image_id))
     # what uv --compile-bytecode gives: every installed file (the same invalidation mode: timestamps; and as
     # uv does, files that do not compile, such as test data in Python 2 syntax, are passed over)
     every = derived(uv_image.image_id, "every-pyc", "python -m compileall -q -j 0 /opt/venv/lib > /dev/null || true")
     built.add(image_id(every))
-    row("start to ready, every installed file compiled", start_to_ready(every))
+    row(READY_EVERY, start_to_ready(every))
     nopyc = derived(uv_image.image_id, "no-pyc", "find /opt/venv -name '*.pyc' -delete")
     built.add(image_id(nopyc))
-    row("start to ready, same image without .pyc", start_to_ready(nopyc))
-    row("push to the local registry (new repository)", push_seconds(uv_image.image_id))
+    row(READY_NONE, start_to_ready(nopyc))
+    row(PUSH, push_seconds(uv_image.image_id))
     if args.patch_rows:
         edit_one_patch(f"1 at {time.time_ns()}")
         one, _, image2 = one_build(BuildOptions())
         built.add(image2.image_id)
         assert not image2.skipped
-        row("one-patch rebuild (ours: patch, context, build)", one)
+        row(ONE_PATCH, one)
         edit_one_patch(f"2 at {time.time_ns()}")
         prepared_start = time.monotonic()
         plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
@@ -221,7 +233,7 @@ def measure(args: argparse.Namespace, row: Callable[[str, float], None], built: 
         ctx_plain = context_for(plan, loaded, recipe_file, BuildOptions())
         plain = prep + plain_docker_build(ctx_plain, tree)
         built.add(ctx_plain_image_id() or "")
-        row("one-patch rebuild, plain docker build of whole tree", plain)
+        row(ONE_PATCH_PLAIN, plain)
 
 
 def main() -> int:
@@ -262,18 +274,17 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:<55} {seconds:9.2f}")
     took = dict(rows)
-    cold, pip_cold = took["cold build, uv + lock (hash-checked)"], took[
-        "cold build, pip path (resolves at build time)"]
-    noop, ready_pyc = took["main job, no-op (nox included)"], took["start to ready, as built (front-door byte-code)"]
-    ready_nopyc = took["start to ready, same image without .pyc"]
-    ready_every = took["start to ready, every installed file compiled"]
+    cold, pip_cold = took[UV_COLD], took[PIP_COLD]
+    noop, ready_pyc = took[NOOP], took[READY]
+    ready_nopyc = took[READY_NONE]
+    ready_every = took[READY_EVERY]
     verdict = "met" if cold <= 0.5 * pip_cold else "MISSED"
     print(f"\nuv+lock / pip cold build: {cold / pip_cold:.2f} (goal <= 0.50: {verdict})")
     print(f"no-op main job {noop:.2f}s (goal <= 2 s: {'met' if noop <= 2 else 'MISSED'})")
     print(f"start to ready as built / every file compiled / no byte-code: {ready_pyc:.1f} / {ready_every:.1f} / "
           f"{ready_nopyc:.1f} s (goal <= 40 s: {'met' if ready_pyc <= 40 else 'MISSED'})")
-    if "one-patch rebuild (ours: patch, context, build)" in took:
-        one = took["one-patch rebuild (ours: patch, context, build)"]
+    if ONE_PATCH in took:
+        one = took[ONE_PATCH]
         verdict = "met" if one < 0.1 * cold else "MISSED"
         print(f"one-patch rebuild / uv cold build: {one / cold:.2f} (goal < 0.10: {verdict})")
     return 0
