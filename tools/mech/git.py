@@ -100,23 +100,15 @@ class GitError(Exception):
         return " | ".join(verdict) if verdict else self.tail()
 
     def subcommand(self) -> str:
-        options_with_value = {"-C", "-c"}
-        skip = False
-        for arg in self.args_:
-            if skip:
-                skip = False
-            elif arg in options_with_value:
-                skip = True
-            elif not arg.startswith("-"):
-                return arg
-        return " ".join(self.args_)
+        before = ["", *self.args_]  # the option each argument follows ("-C path", "-c key=value")
+        return next((a for b, a in zip(before, self.args_, strict=False) if not a.startswith("-")
+                     and b not in ("-C", "-c")), "")
 
     def repository(self) -> str | None:
-        """The work tree (or git dir) the command ran in, from its own arguments."""
+        """The work tree (or git dir, or -C folder) the command ran in, from its own arguments."""
         for flag in ("--work-tree=", "--git-dir="):
-            found = [a[len(flag):] for a in self.args_ if a.startswith(flag)]
-            if found:
-                return found[0]
+            if found := next((a[len(flag):] for a in self.args_ if a.startswith(flag)), None):
+                return found
         return next((b for a, b in zip(self.args_, self.args_[1:], strict=False) if a == "-C"), None)
 
 
