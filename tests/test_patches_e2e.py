@@ -264,7 +264,10 @@ def test_patching_again_reuses_what_git_am_made(project: Path, pristine: Pristin
 
 # What patch and unpatch must not load: each costs a quick command 3-75 ms (issue 11's speed goal). tomllib is
 # absent once versions.lock and vendors.toml were parsed (tools/core/tomlfile.py).
-SLOW_IMPORTS = {"pydantic", "rich", "yaml", "jinja2", "requests", "dataclasses", "inspect", "tomllib"}
+# each costs a quick command's start 1-3 ms or more (typing and its NamedTuple annotations, shutil with bz2 and
+# lzma, hashlib with OpenSSL), pydantic and rich tens of ms
+SLOW_IMPORTS = {"pydantic", "rich", "yaml", "jinja2", "requests", "dataclasses", "inspect", "tomllib", "typing",
+                "shutil", "hashlib", "_hashlib"}
 
 
 def test_quick_commands_load_nothing_slow(project: Path, pristine: PristineTree) -> None:

@@ -166,6 +166,10 @@ def test_stack_identity_depends_on_content_order_and_vendor(env: Env) -> None:
         "vllm/nvidia/0001-nvidia-tune-a-line.patch"]
     assert nvidia.short_id == nvidia.stack_hash[:12] and len(nvidia.stack_hash) == 64
     assert nvidia.patches[0].sha256 == hashlib.sha256(nvidia.patches[0].path.read_bytes()).hexdigest()
+    expected = hashlib.sha256(b"flagrelease-stack/1\nvendor nvidia\n")  # hashlib's, beside the builtin stack_info uses
+    for p in nvidia.patches:
+        expected.update(f"{hashlib.sha256(p.path.read_bytes()).hexdigest()}  {p.relpath}\n".encode())
+    assert nvidia.stack_hash == expected.hexdigest()
     assert patches.stack_info("nvidia") == nvidia
     assert patches.stack_info("ascend").stack_hash != nvidia.stack_hash
     assert nvidia.touched == {"vllm/plugins.py", "vllm/flagos.py", "vllm/__init__.py"}
@@ -615,6 +619,24 @@ def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -
         assert "--vendor {nvidia,ascend,cpu}" in out
     if name == "unpatch":
         assert "--backup" in out
+
+
+@pytest.mark.parametrize("columns", ["50", "200", "junk"])
+def test_help_is_what_argparse_writes_without_its_shutil(columns: str, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from tools.cli import patches as patch_commands
+
+    monkeypatch.setenv("COLUMNS", columns)
+    with pytest.raises(SystemExit):
+        cli.main(["unpatch", "--help"])
+    ours = capsys.readouterr().out
+    plain = argparse.ArgumentParser(prog="nox -s unpatch --", description=cli.COMMANDS["unpatch"][1])
+    patch_commands.configure("unpatch", plain)
+    assert ours == plain.format_help() and "--backup" in ours
+    if columns == "50":
+        assert max(map(len, ours.splitlines())) <= 48
 
 
 def test_cli_failure_is_one_message_and_exit_2(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -41,6 +42,28 @@ def commands() -> dict[str, tuple[str, str]]:
     builds = {f"build-{name}": ("tools.cli.build", f"build, validate (and --push) a {name} recipe's image")
               for name in vendors.names()}
     return {**COMMANDS, **builds}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's own formatter imports shutil, and with it bz2 and lzma (3 ms of every command's start,
+    `patch` and `unpatch` included, since add_argument makes one) only to ask the terminal's width."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+def _columns() -> int:
+    """The width shutil.get_terminal_size() reports: $COLUMNS, else the terminal's, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 @contextmanager
@@ -89,7 +112,8 @@ def _main(argv: list[str]) -> int:
             return 0 if argv and argv[0] in {"-h", "--help"} else EXIT_USAGE
         name, rest = argv[0], argv[1:]
         module = importlib.import_module(known[name][0])
-        parser = argparse.ArgumentParser(prog=f"nox -s {name} --", description=known[name][1])
+        parser = argparse.ArgumentParser(prog=f"nox -s {name} --", description=known[name][1],
+                                         formatter_class=_HelpFormatter)
         module.configure(name, parser)
         args = parser.parse_args(rest)
         return int(module.command(name, args) or 0)

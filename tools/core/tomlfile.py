@@ -14,9 +14,12 @@ import json
 import os
 from binascii import crc32
 from pathlib import Path
-from typing import Any
 
 from tools.core import paths
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _memo_file(path: Path) -> Path:

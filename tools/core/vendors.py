@@ -10,13 +10,15 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tools import PROJECT_ROOT
 from tools.core import tomlfile
 from tools.core.errors import UserError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from tools.core.vendor_model import VendorInfo
 
 _NAME = re.compile(r"^[a-z][a-z0-9]{1,15}$")

@@ -13,14 +13,14 @@ import re
 import subprocess
 import sys
 import time
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from tools.core import paths
 from tools.core.errors import UserError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -109,7 +109,8 @@ def new_log(name: str) -> Path:
     return paths.logs_dir() / f"{stamp}-{name}.log"
 
 
-class RunResult(NamedTuple):
+class RunResult(namedtuple("RunResult", "returncode tail log")):
+    __slots__ = ()
     returncode: int
     tail: list[str]
     log: Path

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 # Pinned for every invocation: options that change bytes on disk or in patches.
 _PINNED_CONFIG = (
@@ -73,10 +73,11 @@ FORMAT_PATCH_OPTIONS = (
 NEUTRAL_ATTRIBUTES = "* -text -eol -filter -ident -working-tree-encoding\n"
 
 
-class Identity(NamedTuple):
+class Identity(namedtuple("Identity", "name email date", defaults=(None,))):
+    __slots__ = ()
     name: str
     email: str
-    date: str | None = None  # any format git accepts; None: now
+    date: str | None  # any format git accepts; None: now
 
 
 class GitError(Exception):
@@ -202,10 +203,11 @@ def git_bytes(
     return proc
 
 
-class StatusEntry(NamedTuple):
+class StatusEntry(namedtuple("StatusEntry", "code path orig_path", defaults=(None,))):
+    __slots__ = ()
     code: str  # two-letter porcelain v1 code: " M", "A ", "??", "R ", ...
     path: str
-    orig_path: str | None = None
+    orig_path: str | None
 
     def __str__(self) -> str:
         return f"{self.code} {self.orig_path} -> {self.path}" if self.orig_path else f"{self.code} {self.path}"

@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from tools.mech.git import Identity, Repo, identity_env
 
@@ -161,7 +161,8 @@ def stripspace(text: str) -> str:
 # --- what a file is ----------------------------------------------------------------------------------------
 
 
-class Shape(NamedTuple):
+class Shape(namedtuple("Shape", "kind line detail")):
+    __slots__ = ()
     kind: str  # "mail", "diff", "empty-mail" (a mail with no patch), "none"
     line: int  # 1-based: where the diff starts ("mail", "diff"), or where the file shows it is none
     detail: str
@@ -212,7 +213,8 @@ def shape(data: bytes) -> Shape:
 # --- am without a work tree --------------------------------------------------------------------------------
 
 
-class MailInfo(NamedTuple):
+class MailInfo(namedtuple("MailInfo", "author subject body patch")):
+    __slots__ = ()
     author: Identity
     subject: str
     body: str

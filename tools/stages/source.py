@@ -13,19 +13,22 @@ import fcntl
 import json
 import os
 import re
+from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from tools.core import paths
 from tools.core.errors import UserError
 from tools.mech import git
 from tools.mech.console import info
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
+    from typing import Any, Literal
+
     from tools.core.lock import Lock, Upstream
 
-Origin = Literal["git", "sdist"]
+    Origin = Literal["git", "sdist"]
 MODES = ("auto", "git", "sdist")
 
 # The base commit of an sdist import is a pure function of the files: fixed author, committer and date.
@@ -34,7 +37,8 @@ PRISTINE_BRANCH = "refs/heads/pristine"
 _MARKER_VERSION = 1
 
 
-class PristineTree(NamedTuple):
+class PristineTree(namedtuple("PristineTree", "name version origin pin path repo commit files")):
+    __slots__ = ()
     name: str
     version: str
     origin: Origin

@@ -18,7 +18,10 @@ Names are loaded on first use (PEP 562): `patch` and `unpatch` import only what 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "keys": (),

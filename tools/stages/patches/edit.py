@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
 from tools.core.errors import UserError
 from tools.mech.console import warn
@@ -44,6 +44,7 @@ from tools.stages.patches.workspace import (
     workspace_dir,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
     from tools.core.lock import Lock
 
@@ -56,7 +57,8 @@ def warn_strays(vendor: str) -> None:
 # --- commands ----------------------------------------------------------------------------------------------
 
 
-class PatchResult(NamedTuple):
+class PatchResult(namedtuple("PatchResult", "vendor workspace stack applied changed")):
+    __slots__ = ()
     vendor: str
     workspace: Path
     stack: StackInfo
@@ -127,7 +129,8 @@ def _edits_error(repo: Repo, vendor: str, edits: Edits) -> UserError:
     )
 
 
-class UnpatchResult(NamedTuple):
+class UnpatchResult(namedtuple("UnpatchResult", "vendor workspace backup_ref changed")):
+    __slots__ = ()
     vendor: str
     workspace: Path
     backup_ref: str | None
@@ -192,7 +195,8 @@ def _backup(repo: Repo, vendor: str, edits: Edits) -> str:
     return ref
 
 
-class ExportResult(NamedTuple):
+class ExportResult(namedtuple("ExportResult", "vendor counts written removed")):
+    __slots__ = ()
     vendor: str
     counts: dict[str, int]  # part -> patches exported
     written: tuple[str, ...]  # files (relative to patches/) whose bytes changed

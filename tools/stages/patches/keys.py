@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from tools import PROJECT_ROOT
 from tools.core import paths
 from tools.core.errors import UserError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 KEY_FILE_ENV = "FLAGREL_PATCH_KEY_FILE"
 KEY_ENV = "FLAGREL_PATCH_KEY"
@@ -31,7 +35,8 @@ class Unreadable(Exception):
     """An encrypted patch this process cannot read; str() says which and what key it needs."""
 
 
-class Keyring(NamedTuple):
+class Keyring(namedtuple("Keyring", "identities source")):
+    __slots__ = ()
     identities: tuple[Any, ...]
     source: str  # where the key came from, for messages ("FLAGREL_PATCH_KEY_FILE=/path"); never the key
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 from pathlib import Path
-from typing import NamedTuple
 
 import tools.stages.patches.keys as keys
 from tools.core import paths, vendors
@@ -32,7 +32,8 @@ _SHOWN = 8  # edits listed in a message before "and N more"
 # --- the stack ---------------------------------------------------------------------------------------------
 
 
-class PatchFile(NamedTuple):
+class PatchFile(namedtuple("PatchFile", "part name path sha256")):
+    __slots__ = ()
     part: str  # "common" or a vendor
     name: str
     path: Path
@@ -54,14 +55,16 @@ class PatchFile(NamedTuple):
         return keys.decrypt(self.path, data, self.sha256) if self.sealed else data
 
 
-class StackInfo(NamedTuple):
+class StackInfo(namedtuple("StackInfo", "vendor patches stack_hash short_id touched unreadable removes",
+                           defaults=((), False))):
+    __slots__ = ()
     vendor: str
     patches: tuple[PatchFile, ...]
     stack_hash: str
     short_id: str
     touched: frozenset[str]  # upstream paths the stack adds, changes, renames or removes (readable patches)
-    unreadable: tuple[tuple[PatchFile, str], ...] = ()  # encrypted patches without a key, and why
-    removes: bool = False  # some patch deletes or renames a file
+    unreadable: tuple[tuple[PatchFile, str], ...]  # encrypted patches without a key, and why
+    removes: bool  # some patch deletes or renames a file
 
     def unreadable_error(self, action: str) -> UserError:
         names = "\n  ".join(f"{p.relpath}: {why}" for p, why in self.unreadable)
@@ -70,7 +73,8 @@ class StackInfo(NamedTuple):
                                           f"(an age identity file), or {keys.KEY_ENV}=AGE-SECRET-KEY-1...")
 
 
-class Series(NamedTuple):
+class Series(namedtuple("Series", "path header names")):
+    __slots__ = ()
     path: Path
     header: str  # leading comment and blank lines, kept verbatim when export rewrites the file
     names: tuple[str, ...]
@@ -161,7 +165,10 @@ def stack_info(vendor: str) -> StackInfo:
     """The ordered stack for `vendor` and its identity: sha256 over "vendor" and each patch's sha256 and
     path in order (so content, order and vendor all count), short id = first 12 hex digits. Encrypted
     patches count by their ciphertext; without the key they are listed in `unreadable`."""
-    import hashlib  # here, not at the top: `unpatch` never hashes a stack
+    try:  # CPython's own SHA-256: hashlib would load OpenSSL first, 2-3 ms of `patch`'s start for a few KB
+        from _sha256 import sha256
+    except ImportError:  # another Python (3.12 calls it _sha2): the same digest through hashlib
+        from hashlib import sha256
 
     check_vendor(vendor)
     files: list[PatchFile] = []
@@ -169,8 +176,8 @@ def stack_info(vendor: str) -> StackInfo:
         series = read_series(part)
         for name in series.names:
             path = series.path.parent / name
-            files.append(PatchFile(part, name, path, hashlib.sha256(path.read_bytes()).hexdigest()))
-    digest = hashlib.sha256(f"flagrelease-stack/1\nvendor {vendor}\n".encode())
+            files.append(PatchFile(part, name, path, sha256(path.read_bytes()).hexdigest()))
+    digest = sha256(f"flagrelease-stack/1\nvendor {vendor}\n".encode())
     touched: set[str] = set()
     unreadable: list[tuple[PatchFile, str]] = []
     removes = False

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import namedtuple
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 import tools.stages.patches.keys as keys
 from tools.core import paths
@@ -29,7 +29,10 @@ from tools.stages.patches.stack import (
 )
 from tools.stages.source import PristineTree, cached_source, fetch_source
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from tools.core.lock import Lock
 
 
@@ -54,15 +57,17 @@ def pristine_for(lock: Lock | None) -> PristineTree:
 # --- workspaces --------------------------------------------------------------------------------------------
 
 
-class WorkspaceState(NamedTuple):
+class WorkspaceState(namedtuple("WorkspaceState", "vendor base stack_hash short_id tip complete applied removes",
+                                defaults=(None, None, None, False, {}, False))):
+    __slots__ = ()
     vendor: str
     base: str
-    stack_hash: str | None = None
-    short_id: str | None = None
-    tip: str | None = None  # HEAD as `patch` (or export) left it
-    complete: bool = False
-    applied: dict[str, str] = {}  # commit -> patch relpath (the shared default is never changed)
-    removes: bool = False  # the applied stack deletes or renames files (unpatch then looks for reborn ones)
+    stack_hash: str | None
+    short_id: str | None
+    tip: str | None  # HEAD as `patch` (or export) left it
+    complete: bool
+    applied: dict[str, str]  # commit -> patch relpath (the shared default is never changed)
+    removes: bool  # the applied stack deletes or renames files (unpatch then looks for reborn ones)
 
     @classmethod
     def read(cls, path: Path) -> WorkspaceState | None:
@@ -166,9 +171,10 @@ def open_workspace(vendor: str, pristine: PristineTree, *, create: bool) -> Repo
     return repo
 
 
-class Edits(NamedTuple):
+class Edits(namedtuple("Edits", "changed untracked commits")):
     """What a workspace holds beyond pristine + the commits `patch` made."""
 
+    __slots__ = ()
     changed: tuple[StatusEntry, ...]
     untracked: tuple[StatusEntry, ...]
     commits: tuple[str, ...]  # "sha subject"
@@ -239,13 +245,14 @@ def _remove_stamp(repo: Repo) -> None:
 # --- applying ----------------------------------------------------------------------------------------------
 
 
-class ApplyFailure(NamedTuple):
+class ApplyFailure(namedtuple("ApplyFailure", "patch file hunk reason applied git_says", defaults=("",))):
+    __slots__ = ()
     patch: PatchFile
     file: str | None
     hunk: str | None
     reason: str
     applied: tuple[tuple[str, PatchFile], ...]  # (commit, patch) that did apply, in order
-    git_says: str = ""  # git's own words (stderr and stdout), noise dropped
+    git_says: str  # git's own words (stderr and stdout), noise dropped
 
     def describe(self) -> str:
         where = f"{self.file}" if self.file else "(file not identified)"
