@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import sys
 import time
 from collections import deque, namedtuple
@@ -57,17 +56,18 @@ def _plain(text: str, colour: str | None = None) -> None:
     sys.stderr.flush()
 
 # Anything that looks like a credential in a command line or log line is masked before it is shown:
-# the value after password=/token: ..., and the password of a URL's user:password@.
+# the value after password=/token: ..., and the password of a URL's user:password@. Compiled on first use
+# (re caches them): the quick commands log no command line.
 _SECRET_PATTERNS = [
-    (re.compile(r"(?i)(authorization)([=: ]+)((?:basic|bearer|token|digest) +)?(\S+)"), r"\1\2\3***"),
-    (re.compile(r"(?i)(password|passwd|token|secret)([=: ]+)(\S+)"), r"\1\2***"),
-    (re.compile(r"(?i)(https?://[^:/@\s]+:)([^@\s]+)(@)"), r"\1***\3"),
+    (r"(?i)(authorization)([=: ]+)((?:basic|bearer|token|digest) +)?(\S+)", r"\1\2\3***"),
+    (r"(?i)(password|passwd|token|secret)([=: ]+)(\S+)", r"\1\2***"),
+    (r"(?i)(https?://[^:/@\s]+:)([^@\s]+)(@)", r"\1***\3"),
 ]
 
 
 def redact(text: str) -> str:
     for pattern, masked in _SECRET_PATTERNS:
-        text = pattern.sub(masked, text)
+        text = re.sub(pattern, masked, text)
     return text
 
 
@@ -126,6 +126,8 @@ def run_logged(
     tail_lines: int = 40,
 ) -> RunResult:
     """Run a long command: every line to `log`, the latest line live on the terminal."""
+    import subprocess  # here: the quick commands run git through tools.mech.proc and never import it
+
     tail: deque[str] = deque(maxlen=tail_lines)
     _plain(f"  log: {log}")
     with log.open("a", encoding="utf-8") as out:

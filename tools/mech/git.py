@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tools.mech.proc import Finished, TimedOut
+from tools.mech.proc import run as proc_run
 
 # Pinned for every invocation: options that change bytes on disk or in patches.
 _PINNED_CONFIG = (
@@ -159,48 +161,32 @@ def command(args: Sequence[str]) -> list[str]:
     return cmd + list(args)
 
 
-def git(
-    args: Sequence[str],
-    *,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    check: bool = True,
-    timeout: float | None = None,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    cmd = command(args)
+def git(args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None, check: bool = True,
+        timeout: float | None = None, input: str | None = None) -> Finished:
+    """git with text out (stdout and stderr as str, newlines universal as in text mode), text in."""
+    data = None if input is None else input.encode("utf-8", "surrogateescape")
+    proc = git_bytes(args, cwd=cwd, env=env, check=check, input=data, timeout=timeout)
+    return proc._replace(stdout=_text(proc.stdout, "surrogateescape"), stderr=_text(proc.stderr, "surrogateescape"))
+
+
+def git_bytes(args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+              check: bool = True, input: bytes | None = None, timeout: float | None = None) -> Finished:
+    """`git` with bytes in and out: patches hold CRLF and binary data that text mode would translate."""
+    # `-C cwd` is git's own chdir, done first: the same as running it there (posix_spawn has no cwd)
+    cmd = command([*(["-C", str(cwd)] if cwd is not None else []), *args])
     try:
-        proc = subprocess.run(
-            cmd, cwd=cwd, env=base_env(env), capture_output=True, text=True, errors="surrogateescape",
-            timeout=timeout, input=input, check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
+        proc = proc_run(cmd, env=base_env(env), input=input, timeout=timeout)
+    except TimedOut as exc:
         raise GitError(args, 124, "", f"timed out after {timeout}s") from exc
     except FileNotFoundError as exc:
         raise GitError(args, 127, "", "git is not installed") from exc
     if check and proc.returncode != 0:
-        raise GitError(args, proc.returncode, proc.stdout, proc.stderr)
+        raise GitError(args, proc.returncode, _text(proc.stdout), _text(proc.stderr))
     return proc
 
 
-def git_bytes(
-    args: Sequence[str],
-    *,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    check: bool = True,
-    input: bytes | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """`git` with bytes in and out: patches hold CRLF and binary data that text mode would translate."""
-    cmd = command(args)
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, env=base_env(env), capture_output=True, input=input, check=False)
-    except FileNotFoundError as exc:
-        raise GitError(args, 127, "", "git is not installed") from exc
-    if check and proc.returncode != 0:
-        raise GitError(args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
-                       proc.stderr.decode("utf-8", "replace"))
-    return proc
+def _text(data: bytes, errors: str = "replace") -> str:
+    return data.decode("utf-8", errors).replace("\r\n", "\n").replace("\r", "\n")
 
 
 class StatusEntry(namedtuple("StatusEntry", "code path orig_path", defaults=(None,))):
@@ -225,7 +211,7 @@ class Repo:
         return cls(work_tree / ".git", work_tree)
 
     def run(self, *args: str, env: Mapping[str, str] | None = None, check: bool = True,
-            timeout: float | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+            timeout: float | None = None, input: str | None = None) -> Finished:
         prefix = [f"--git-dir={self.git_dir}"]
         if self.work_tree is not None:
             prefix.append(f"--work-tree={self.work_tree}")
@@ -236,7 +222,7 @@ class Repo:
         return self.run(*args, env=env).stdout.strip()
 
     def run_bytes(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None,
-                  check: bool = True) -> subprocess.CompletedProcess[bytes]:
+                  check: bool = True) -> Finished:
         prefix = [f"--git-dir={self.git_dir}"]
         if self.work_tree is not None:
             prefix.append(f"--work-tree={self.work_tree}")
@@ -383,7 +369,7 @@ class Repo:
     # --- patches ------------------------------------------------------------------------------------
 
     def am(self, mbox: bytes | Sequence[Path], *, committer: Identity | None = None,
-           three_way: bool = True) -> subprocess.CompletedProcess[str]:
+           three_way: bool = True) -> Finished:
         """Apply a stream of mails (an mbox, on stdin: nothing is written beside the repository) as
         commits. CRs are kept (CRLF files), the committer date is the author date so that the same patches
         on the same base give the same commit ids. Returns the process, stdout and stderr as text (git
@@ -394,8 +380,8 @@ class Repo:
         files = [] if isinstance(mbox, bytes) else [str(p) for p in mbox]
         data = mbox if isinstance(mbox, bytes) else None
         proc = self.run_bytes(*args, *files, input=data, env=env, check=False)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),
-                                           proc.stderr.decode("utf-8", "replace"))
+        out, err = (stream.decode("utf-8", "replace") for stream in (proc.stdout, proc.stderr))
+        return proc._replace(stdout=out, stderr=err)
 
     def am_abort(self) -> None:
         self.run("am", "--abort", check=False)

@@ -21,7 +21,7 @@ from tools.mech.git import Identity, Repo, identity_env
 FILENAME_TRAILER = b"Patch-Filename: "
 _TRAILER_LINE = re.compile(rb"^Patch-Filename: ([^\s/]+)\r?$")
 # format-patch --zero-commit starts every mail with exactly this line
-_ZERO_FROM = re.compile(rb"^From 0{40} Mon Sep 17 00:00:00 2001\n", re.M)
+_ZERO_FROM = rb"(?m)^From 0{40} Mon Sep 17 00:00:00 2001\n"  # export only: compiled on first use
 _MBOX_FROM = re.compile(rb"^From \S+ .*\d\d:\d\d:\d\d.*\d{4}\r?$")
 _HEADER = re.compile(rb"^[A-Za-z][A-Za-z0-9-]*:[ \t]")
 
@@ -89,7 +89,7 @@ def add_filename(mail: bytes, name: str) -> bytes:
 def split_stream(data: bytes) -> list[bytes]:
     """The mails of `git format-patch --zero-commit --stdout` output, each as format-patch writes a file
     (--stdout puts one newline between mails)."""
-    starts = [m.start() for m in _ZERO_FROM.finditer(data)]
+    starts = [m.start() for m in re.finditer(_ZERO_FROM, data)]
     mails = [data[a:b] for a, b in zip(starts, starts[1:] + [len(data)], strict=True)]
     return [m[:-1] if i < len(mails) - 1 and m.endswith(b"\n\n") else m for i, m in enumerate(mails)]
 

@@ -308,14 +308,15 @@ def apply_stack(repo: Repo, patches: Sequence[PatchFile], *, clean: bool = True)
                                git_words(proc.stderr + "\n" + proc.stdout)))
 
 
-_NOISE = re.compile(r"^(hint:|warning: quoted CRLF detected|Applying: |Using index info|"
-                    r"When you have resolved|If you prefer to skip|To restore the original|"
-                    r"Falling back to patching|Patch failed at )")
+# compiled on first use (re caches it): only a failing `git am` needs it
+_NOISE = (r"^(hint:|warning: quoted CRLF detected|Applying: |Using index info|"
+          r"When you have resolved|If you prefer to skip|To restore the original|"
+          r"Falling back to patching|Patch failed at )")
 
 
 def git_words(output: str, lines: int = 4) -> str:
     """The lines of git's output that say what went wrong (its advice and unrelated warnings dropped)."""
-    kept = [line.strip() for line in output.splitlines() if line.strip() and not _NOISE.match(line.strip())]
+    kept = [line.strip() for line in output.splitlines() if line.strip() and not re.match(_NOISE, line.strip())]
     return " | ".join(dict.fromkeys(kept[-lines:]))
 
 
