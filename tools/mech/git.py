@@ -325,8 +325,9 @@ class Repo:
     def status(self, *, untracked: bool = True) -> list[StatusEntry]:
         """Changed and (with `untracked`) untracked files, each untracked file listed. A clean tree costs
         one quick pass: untracked folders are first found whole (the untracked cache answers that mode)
-        and listed file by file only when there are some."""
-        args = ["status", "--porcelain=v1", "-z", "--no-renames", "--ignore-submodules=none"]
+        and listed file by file only when there are some. It does not write the index (status would, to
+        keep what it refreshed, 3-4 ms after a move): the move that follows a status writes it anyway."""
+        args = ["--no-optional-locks", "status", "--porcelain=v1", "-z", "--no-renames", "--ignore-submodules=none"]
         entries = self._status(*args, "--untracked-files=normal" if untracked else "--untracked-files=no")
         if untracked and any(e.code == "??" and e.path.endswith("/") for e in entries):
             entries = self._status(*args, "--untracked-files=all")
