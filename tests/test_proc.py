@@ -93,3 +93,32 @@ def test_input_none_hands_the_child_our_stdin(tmp_path: Path) -> None:
     with given.open() as stdin:
         proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdin=stdin, capture_output=True, text=True)
     assert proc.stdout == "b'from the caller\\n'\n"
+
+
+def test_an_interrupted_logged_command_leaves_none_of_its_processes(tmp_path: Path) -> None:
+    # like docker's CLI and its buildx plugin: the child's own child takes a moment to end on SIGINT
+    from tools.mech.console import run_logged
+
+    marker = f"flagrelease-grandchild-{os.getpid()}"
+    grandchild = ("import signal, sys, time; signal.signal(signal.SIGINT, lambda *a: (time.sleep(1), sys.exit(1)));"
+                  "print('up', flush=True); time.sleep(60)")
+    child = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}, {marker!r}]);"
+             "time.sleep(60)")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    # a caught SIGINT is default again in a child, as under the CLI (a parent that ignores it, such as a
+    # background job, would have the children ignore it too: then SIGKILL ends them after the grace period)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        with pytest.raises(KeyboardInterrupt):
+            run_logged([sys.executable, "-c", child], tmp_path / "run.log", title="interrupt test")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGINT, before_int)
+    assert "up" in (tmp_path / "run.log").read_text()
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1  # none left, none dying

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import sys
 import time
 from collections import deque, namedtuple
@@ -21,6 +22,8 @@ from tools.core.errors import UserError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the quick commands load no typing)
 if TYPE_CHECKING:
+    from subprocess import Popen
+
     from rich.console import Console
 
 # rich markup starts a tag with a lower-case letter, '#', '@' or '/' ("[bold]", "[/]"); "[PATCH 2/7]" is text
@@ -136,7 +139,7 @@ def run_logged(
         try:
             proc = subprocess.Popen(
                 list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                text=True, errors="replace", bufsize=1,
+                text=True, errors="replace", bufsize=1, start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise UserError(f"{cmd[0]} is not installed", fix=f"install {cmd[0]} and retry") from exc
@@ -152,10 +155,26 @@ def run_logged(
                         status.update(f"{title} [dim]{time.monotonic() - start:5.0f}s[/] {line[:100]}")
                 proc.wait()
             except KeyboardInterrupt:
-                proc.terminate()
-                proc.wait()
+                _end_group(proc)
                 raise
     return RunResult(proc.returncode, list(tail), log)
+
+
+def _end_group(proc: Popen[str], grace: float = 10.0) -> None:
+    """Stop everything the command started, as Ctrl-C at a terminal would (SIGINT to its process group), and
+    wait until none of it is left; SIGKILL after `grace` seconds. The group, not the child alone: docker's
+    CLI runs buildx as a process of its own, which could outlive the CLI (and name our secrets in its argv)."""
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: a zombie still counts as a member of its group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def print_tail(result: RunResult, count: int = 25) -> None:
