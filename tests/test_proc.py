@@ -122,3 +122,27 @@ def test_an_interrupted_logged_command_leaves_none_of_its_processes(tmp_path: Pa
         signal.signal(signal.SIGINT, before_int)
     assert "up" in (tmp_path / "run.log").read_text()
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1  # none left, none dying
+
+
+def test_a_logged_command_ends_with_us_whatever_stops_us(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # not only Ctrl-C: a log that cannot be written (full disk) must not leave the command running on its own
+    from tools.mech import console
+
+    marker = f"flagrelease-orphan-{os.getpid()}"
+    calls: list[str] = []
+
+    def failing_redact(text: str) -> str:
+        calls.append(text)
+        if len(calls) > 1:  # the command line is logged; the first output line is not
+            raise OSError(28, "No space left on device")
+        return text
+
+    monkeypatch.setattr(console, "redact", failing_redact)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # see the test above
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            console.run_logged([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", marker],
+                               tmp_path / "run.log", title="full disk")
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1

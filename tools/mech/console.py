@@ -145,8 +145,10 @@ def run_logged(
             raise UserError(f"{cmd[0]} is not installed", fix=f"install {cmd[0]} and retry") from exc
         assert proc.stdout is not None
         start = time.monotonic()
-        with _rich().status(title) as status:
-            try:
+        # from here on, whatever ends us early (Ctrl-C, SIGTERM, even while rich loads; a full disk under the
+        # log) ends the command's group first: in a session of its own, nothing else would stop it
+        try:
+            with _rich().status(title) as status:
                 for raw in proc.stdout:
                     line = redact(raw.rstrip("\n"))
                     out.write(line + "\n")
@@ -154,9 +156,9 @@ def run_logged(
                     if line.strip():
                         status.update(f"{title} [dim]{time.monotonic() - start:5.0f}s[/] {line[:100]}")
                 proc.wait()
-            except KeyboardInterrupt:
-                _end_group(proc)
-                raise
+        except BaseException:
+            _end_group(proc)
+            raise
     return RunResult(proc.returncode, list(tail), log)
 
 
