@@ -688,6 +688,27 @@ def test_a_git_failure_nobody_expected_is_one_message_and_changes_nothing(
     assert cli.main(["unpatch", "--vendor", "cpu"]) == 0 and repo.head() == env.pristine.commit
 
 
+def test_no_git_on_path_is_one_message_that_says_install_it(
+        env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    make_stack(env, STACK)
+    assert cli.main(["patch", "--vendor", "cpu"]) == 0
+    capsys.readouterr()
+    empty = tmp_path / "no-git"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert cli.main(["unpatch", "--vendor", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "git is not installed (not found on PATH)" in err
+    assert "fix:   install git (2.39 or newer) and put it on PATH" in err and "index.lock" not in err
+
+
+def test_a_git_error_names_the_folder_it_ran_in(tmp_path: Path) -> None:
+    with pytest.raises(git.GitError) as err:
+        git.git(["status"], cwd=tmp_path)  # not a repository
+    assert err.value.repository() == str(tmp_path) and err.value.subcommand() == "status"
+    assert "not a git repository" in err.value.said()
+
+
 # --- fetching the source -----------------------------------------------------------------------------------
 
 

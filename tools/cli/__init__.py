@@ -120,7 +120,5 @@ def _main(argv: list[str]) -> int:
     except UserError as err:
         return fail_exit(err)
     except GitError as err:  # one the policy layer did not expect: git's own words, not a traceback
-        return fail_exit(UserError(
-            f"git {err.subcommand()} failed: {err.said()}", where=err.repository(),
-            fix="git's words say why; if another git process works in that repository let it finish (a "
-                ".git/index.lock left by a crashed one can be removed), then run the command again"))
+        return fail_exit(UserError(f"git {err.subcommand()} failed: {err.said()}", where=err.repository(),
+                                   fix=err.fix()))

@@ -102,6 +102,15 @@ class GitError(Exception):
         verdict = [line for line in (self.stderr or self.stdout).splitlines() if line.startswith(("fatal:", "error:"))]
         return " | ".join(verdict) if verdict else self.tail()
 
+    def fix(self) -> str:
+        """What to do, by what went wrong: git missing, too slow, or git's own refusal."""
+        if self.returncode == 127:
+            return "install git (2.39 or newer) and put it on PATH, then run the command again"
+        if self.returncode == 124:
+            return "git's words say how long it was given; check the network or proxy, or allow it more time"
+        return ("git's words say why; if another git process works in that repository let it finish (a "
+                ".git/index.lock left by a crashed one can be removed), then run the command again")
+
     def subcommand(self) -> str:
         before = ["", *self.args_]  # the option each argument follows ("-C path", "-c key=value")
         return next((a for b, a in zip(before, self.args_, strict=False) if not a.startswith("-")
@@ -172,14 +181,15 @@ def git(args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] 
 def git_bytes(args: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
               check: bool = True, input: bytes | None = None, timeout: float | None = None) -> Finished:
     """`git` with bytes in and out: patches hold CRLF and binary data that text mode would translate."""
-    # `-C cwd` is git's own chdir, done first: the same as running it there (posix_spawn has no cwd)
-    cmd = command([*(["-C", str(cwd)] if cwd is not None else []), *args])
+    # `-C cwd` is git's own chdir, done first: the same as running it there (posix_spawn has no cwd); an
+    # error names that folder through it
+    args = [*(["-C", str(cwd)] if cwd is not None else []), *args]
     try:
-        proc = proc_run(cmd, env=base_env(env), input=input, timeout=timeout)
+        proc = proc_run(command(args), env=base_env(env), input=input, timeout=timeout)
     except TimedOut as exc:
         raise GitError(args, 124, "", f"timed out after {timeout}s") from exc
     except FileNotFoundError as exc:
-        raise GitError(args, 127, "", "git is not installed") from exc
+        raise GitError(args, 127, "", "git is not installed (not found on PATH)") from exc
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode, _text(proc.stdout), _text(proc.stderr))
     return proc
