@@ -391,8 +391,7 @@ class Repo:
         files = [] if isinstance(mbox, bytes) else [str(p) for p in mbox]
         data = mbox if isinstance(mbox, bytes) else None
         proc = self.run_bytes(*args, *files, input=data, env=env, check=False)
-        out, err = (stream.decode("utf-8", "replace") for stream in (proc.stdout, proc.stderr))
-        return proc._replace(stdout=out, stderr=err)
+        return proc._replace(stdout=_text(proc.stdout), stderr=_text(proc.stderr))
 
     def am_abort(self) -> None:
         self.run("am", "--abort", check=False)
