@@ -163,6 +163,12 @@ def release_matrix(session: nox.Session) -> None:
 
 
 @nox.session
+def prune(session: nox.Session) -> None:
+    """Give back disk: images a newer build replaced, build cache: nox -s prune -- [--keep-cache GB] [--dry-run]"""
+    _tool(session, "prune")
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff over the project."""
     session.run(_python(session), "-m", "ruff", "check", ".", external=True)

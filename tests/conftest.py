@@ -78,3 +78,28 @@ def tiny_cpu_flagscale_image(debian_base):
 def tiny_cpu_2node_image(debian_base):
     """tiny-cpu over a two-node Ray cluster: the cpu image with Ray (and an ssh client) in it."""
     return build_recipe("tiny-cpu-2node", "cpu")
+
+
+
+def _free_disk() -> str:
+    import shutil
+    import tempfile
+
+    by_disk: dict[int, list[str]] = {}
+    for folder in dict.fromkeys([tempfile.gettempdir(), "/var/lib/docker", str(Path.home())]):
+        if Path(folder).is_dir():
+            by_disk.setdefault(Path(folder).stat().st_dev, []).append(folder)
+    return "; ".join(f"{shutil.disk_usage(f[0]).free / 1e9:.1f} GB free in {', '.join(f)}" for f in by_disk.values())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run that fails for want of space says how much it began and ended with (printed under -q too)."""
+    session.config.stash[_DISK_AT_START] = _free_disk()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    terminalreporter.write_line(f"disk at start: {config.stash.get(_DISK_AT_START, '?')}")
+    terminalreporter.write_line(f"disk at end:   {_free_disk()}")
+
+
+_DISK_AT_START = pytest.StashKey[str]()

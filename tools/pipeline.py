@@ -14,7 +14,7 @@ from tools.core.lock import DebootstrapBase, LoadedLock
 from tools.core.recipe import Recipe
 from tools.mech import host as engine
 from tools.mech.console import info, phase
-from tools.stages import patches, results, source
+from tools.stages import patches, results, source, space
 from tools.stages.build import BuiltImage, build_image
 from tools.stages.context import BuildContext, prepare_context
 from tools.stages.plan import BuildOptions, BuildPlan, plan_for
@@ -82,6 +82,7 @@ def _facts(ctx: BuildContext, image: BuiltImage, loaded: LoadedLock) -> BuiltIma
         return image
     labelled = docker.relabel(image.key_ref, facts.labels(found, ctx.plan.vendor), [image.ref, image.key_ref])
     facts.move(found, labelled)
+    space.hold(labelled)
     docker.remove_image(image.image_id)
     info(f"  facts labelled: image {labelled[:19]} tagged {image.ref} and {image.key_ref}")
     return replace(image, image_id=labelled)

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "op-tests": ("tools.cli.optests", "operator tests (FlagGems; vLLM CPU kernels) vs torch and float64"),
     "release-matrix": ("tools.cli.matrix", "print the release workflow's recipe/vendor/runner matrix as JSON"),
     "publish": ("tools.cli.publish", "push a validated image (immutable + moving tags), verify, record, card"),
+    "prune": ("tools.cli.prune", "give back disk: images a newer build replaced, build cache beyond a bound"),
 }
 
 

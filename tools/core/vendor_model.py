@@ -30,6 +30,9 @@ class VendorInfo(BaseModel):
     mounts: tuple[_MOUNT, ...] = ()
     env: dict[_ENV_KEY, str] = {}
     entrypoint_sources: tuple[_ABS, ...] = ()
+    # free disk a build asks for where the engine keeps images (base, layers, build cache); it stops before
+    # starting, not minutes in, when the machine has less
+    build_disk_gb: Annotated[float, Field(gt=0, le=100_000)] = 40.0
 
     @property
     def has_device(self) -> bool:

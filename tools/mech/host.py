@@ -5,6 +5,7 @@ Called by the build sessions and the tests when needed; every step is idempotent
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ BUILDX_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-buildx")
 # Debian 12 has no buildx; Debian 13's static binary runs against the Debian 12 engine.
 BUILDX_SUITE = "deb http://deb.debian.org/debian trixie main"
 ENGINE_PACKAGES = ["docker.io", "debootstrap"]
+# BuildKit cache an engine we start keeps (and prune trims to): what a rebuild reuses, layers and downloads
+BUILD_CACHE_KEEP_GB = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,25 @@ def apt_install(packages: list[str]) -> None:
             raise UserError(f"`{' '.join(cmd)}` failed", where=str(log), fix="read the log; check apt sources")
 
 
+def _dockerd_args(system_config: Path = Path("/etc/docker/daemon.json")) -> list[str]:
+    """dockerd's own defaults, but BuildKit's cache bounded: left alone it keeps 10% of the disk's size, which
+    on a machine whose usable share is smaller than its disk fills what is left. A machine's own daemon.json
+    wins."""
+    if system_config.exists():
+        return ["dockerd"]
+    config = paths.cache_dir() / "dockerd.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    keep = f"{BUILD_CACHE_KEEP_GB:g}GB"
+    config.write_text(json.dumps({"builder": {"gc": {"enabled": True, "defaultKeepStorage": keep}}}) + "\n")
+    return ["dockerd", "--config-file", str(config)]
+
+
 def _start_dockerd() -> None:
     log = paths.logs_dir() / "dockerd.log"
     info(f"  starting dockerd (log: {log})")
     with log.open("a") as out:
         # start_new_session: the daemon must outlive this command (nox session, pytest run)
-        subprocess.Popen(["dockerd"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(_dockerd_args(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if docker.engine_version():

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from tools import PROJECT_ROOT
 from tools.core import labels as L
+from tools.core import vendors
 from tools.core.errors import CheckFailed, UserError
 from tools.core.labels import local_image
 from tools.mech import docker
 from tools.mech.console import RunResult, info, new_log, print_tail, redact
+from tools.stages import space
 from tools.stages.context import BuildContext
 from tools.stages.plan import BuildOptions
 
@@ -117,6 +119,7 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
             docker.tag(existing, plan.local_ref)
             docker.tag(existing, key_ref)
             info(f"  image with content key {ctx.content_key[:12]} exists ({existing[:19]}): build skipped")
+            space.hold(existing)
             return BuiltImage(existing, plan.local_ref, ctx.content_key, skipped=True, log=None)
     if len(plan.platforms) > 1:
         raise UserError(
@@ -125,6 +128,7 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
             fix=f"build each with --platform (one of {', '.join(plan.platforms)})",
         )
 
+    space.ensure_space(plan.vendor, vendors.table()[plan.vendor].build_disk_gb)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     log = new_log(f"build-{plan.recipe}")
     with tempfile.TemporaryDirectory(prefix="flagrel-secrets-") as secrets_dir:
@@ -157,8 +161,14 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
         if result.returncode != 0:
             step = failing_step(result.tail) or "(see log)"
             print_tail(result)
+            if any("no space left on device" in line.lower() for line in result.tail):
+                raise CheckFailed(f"image build ran out of disk space at step {step}", where=str(log),
+                                  fix="free disk space (`nox -s prune` gives back what this tool built and no "
+                                      f"longer uses), or raise vendors.toml {plan.vendor}.build_disk_gb so the "
+                                      "next build stops before it starts")
             raise CheckFailed(f"image build failed at step {step}", where=str(log),
                             fix="read the step's output above; rerun with --no-cache if a cached layer is stale")
         image_id = iidfile.read_text().strip()
+    space.hold(image_id)
     info(f"  image {image_id[:19]} tagged {plan.local_ref} and {key_ref}")
     return BuiltImage(image_id, plan.local_ref, ctx.content_key, skipped=False, log=log)

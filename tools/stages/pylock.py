@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools import PROJECT_ROOT
+from tools.core import paths
 from tools.core.errors import UserError
 from tools.core.lock import LoadedLock, Lock, VendorPins
 
@@ -253,14 +254,20 @@ def uv_binary() -> Path:
     return Path(find_uv_bin())
 
 
+def _uv_cache() -> Path:
+    """uv's cache for locking, ours to trim: a wheel from a find-links folder is unpacked into it whole (torch:
+    700 MB), and a day of test runs on one machine left 15 such copies (10 GB) in uv's default cache."""
+    return paths.cache_dir() / "uv"
+
+
 def _compile(args: list[str], where: str, cwd: Path, keep: PyLock | None, out: str) -> str:
     """One `uv pip compile` run. With keep, uv starts from its versions (written to the output file it
     reads its preferences from) and changes only what the pins force; relative input names keep temp
     paths out of uv's "# via -r ..." comments."""
     output = cwd / out
     output.write_text(keep.requirements(multinode=True) if keep else "", encoding="utf-8")
-    proc = subprocess.run([str(uv_binary()), "pip", "compile", "--quiet", "--no-header", *args, "-o", out],
-                          capture_output=True, text=True, check=False, cwd=cwd)
+    proc = subprocess.run([str(uv_binary()), "pip", "compile", "--quiet", "--no-header", "--cache-dir",
+                           str(_uv_cache()), *args, "-o", out], capture_output=True, text=True, check=False, cwd=cwd)
     if proc.returncode != 0:
         raise UserError(f"uv pip compile failed: {proc.stderr.strip()[-1500:]}", where=where,
                         fix="check that the index (and any torch index the lock names) is reachable")
@@ -298,6 +305,9 @@ def compile_lock(lock: Lock, vendor: str, find_links: list[Path], *, upgrade: bo
         (work / "base.txt").write_text("".join(f"{e.name}=={e.version}\n" for e in base.entries.values()))
         nodeps = _compile(["nodeps.in", "--no-deps", *common], where, work, keep, "nodeps.txt")
         with_ray = _compile(["ray.in", "-c", "base.txt", *common, *excludes], where, work, keep, "ray.txt")
+    # what no later lock can reach (the unpacked copies of earlier checkouts) goes
+    subprocess.run([str(uv_binary()), "cache", "prune", "--quiet", "--cache-dir", str(_uv_cache())],
+                   capture_output=True, check=False)
     extra = _only_new(with_ray, set(base.entries))
     header = [
         f"# Every Python package of the {vendor} image. Made by `nox -s lock-deps -- --vendor {vendor}`",

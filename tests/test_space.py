@@ -1,0 +1,205 @@
+"""Disk space: a build stops before it starts when the engine's disk is short, and `prune` gives back only
+what this tool built and a newer build replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tools import PROJECT_ROOT
+from tools.core import labels as L
+from tools.core.errors import UserError
+from tools.core.vendor_model import VendorInfo
+from tools.mech import docker
+from tools.stages import space
+
+A, B, C, D = ("sha256:" + ch * 64 for ch in "abcd")
+LOCAL = L.LOCAL_REPOSITORY
+
+
+def test_only_replaced_images_of_ours_are_superseded():
+    rows = [
+        (A, f"{LOCAL}/r:key1"),                          # replaced by B: goes
+        (B, f"{LOCAL}/r:key2"), (B, f"{LOCAL}/r:latest"),  # the recipe's latest: stays
+        (C, "<none>:<none>"),                            # ours, untagged (a relabelled build's old config): goes
+        (D, "registry.example/team/r:1.0"),              # carries our labels but was pulled, not built here
+    ]
+    found = space.superseded(rows, in_use=set())
+    assert [(s.image_id, s.refs) for s in found] == [(A, (f"{LOCAL}/r:key1",)), (C, ())]
+
+
+def test_an_image_a_container_uses_or_this_process_holds_stays():
+    rows = [(A, f"{LOCAL}/r:key1"), (C, f"{LOCAL}/r:key3"), (B, f"{LOCAL}/r:latest")]
+    assert [s.image_id for s in space.superseded(rows, in_use={A})] == [C]
+    space.hold(C)
+    try:
+        assert space.superseded(rows, in_use={A}) == []
+    finally:
+        space._in_use_here.discard(C)
+
+
+def test_a_pushed_copy_of_a_replaced_build_goes_with_it():
+    rows = [(A, f"{LOCAL}/r:key1"), (A, "127.0.0.1:5000/flagrelease:r-key1"), (B, f"{LOCAL}/r:latest")]
+    assert space.superseded(rows, set())[0].refs == (f"{LOCAL}/r:key1", "127.0.0.1:5000/flagrelease:r-key1")
+
+
+@pytest.mark.parametrize("text, when", [
+    ("2026-11-23T21:03:22.949924222Z", datetime(2026, 11, 23, 21, 3, 22, tzinfo=UTC)),
+    ("2026-11-23T22:03:22+01:00", datetime(2026, 11, 23, 21, 3, 22, tzinfo=UTC)),
+    ("0001-01-01T00:00:00Z", datetime(1, 1, 1, tzinfo=UTC)),
+    ("garbage", datetime.min.replace(tzinfo=UTC)),
+])
+def test_docker_times_are_read_with_their_zone(text, when):
+    assert docker._timestamp(text) == when
+
+
+def test_recently_used_images_are_spared_when_asked(monkeypatch, tmp_path):
+    now = datetime.now(UTC)
+    monkeypatch.setattr(docker, "root_dir", lambda: tmp_path)
+    monkeypatch.setattr(docker, "labelled_images", lambda label: [(A, f"{LOCAL}/r:k1"), (C, f"{LOCAL}/r:k3")])
+    monkeypatch.setattr(docker, "container_image_ids", set)
+    monkeypatch.setattr(docker, "last_used", lambda ids: {A: now - timedelta(hours=3), C: now - timedelta(minutes=5)})
+    removed: list[tuple[str, ...]] = []
+    monkeypatch.setattr(docker, "untag", lambda refs: removed.append(tuple(refs)) or True)
+    trimmed: list[int] = []
+    monkeypatch.setattr(docker, "prune_build_cache", trimmed.append)
+    done = space.reclaim(spare_recent=timedelta(hours=1), keep_cache_gb=2)
+    assert removed == [(f"{LOCAL}/r:k1",)] and [s.image_id for s in done.removed] == [A]
+    assert trimmed == [2 * space.GB]
+    removed.clear()
+    space.reclaim()
+    assert removed == [(f"{LOCAL}/r:k1",), (f"{LOCAL}/r:k3",)]
+
+
+def test_needed_space_comes_from_the_vendor_or_a_checked_override(monkeypatch):
+    monkeypatch.delenv(space.NEED_ENV, raising=False)
+    assert space.needed_bytes(10) == 10 * space.GB
+    monkeypatch.setenv(space.NEED_ENV, "2.5")
+    assert space.needed_bytes(10) == int(2.5 * space.GB)
+    for bad in ("ten", "-1", "nan", "1e9"):
+        monkeypatch.setenv(space.NEED_ENV, bad)
+        with pytest.raises(UserError, match="is not a number of GB") as err:
+            space.needed_bytes(10)
+        assert err.value.where == f"environment {space.NEED_ENV}"
+
+
+def test_vendor_table_refuses_a_senseless_disk_estimate():
+    row = {"name": "cpu", "display_name": "CPU", "device": "none", "runner": ["x"]}
+    assert VendorInfo.model_validate(row).build_disk_gb == 40
+    for bad in (0, -5, "lots"):
+        with pytest.raises(ValidationError):
+            VendorInfo.model_validate({**row, "build_disk_gb": bad})
+
+
+@pytest.fixture
+def short_disk(monkeypatch, tmp_path):
+    """An engine folder with 3 GB free, 5 GB after giving back."""
+    free = iter([3 * space.GB, 5 * space.GB])
+    monkeypatch.setattr(docker, "root_dir", lambda: tmp_path)
+    monkeypatch.setattr(space, "free_bytes", lambda folder: next(free))
+    calls: list[timedelta | None] = []
+
+    def reclaim(**kw):
+        calls.append(kw.get("spare_recent"))
+        return space.Reclaimed((), (), 3 * space.GB, 5 * space.GB)
+
+    monkeypatch.setattr(space, "reclaim", reclaim)
+    monkeypatch.delenv(space.NEED_ENV, raising=False)
+    return calls
+
+
+def test_a_build_short_of_space_gives_back_first_and_then_stops_with_one_message(short_disk, tmp_path):
+    with pytest.raises(UserError) as err:
+        space.ensure_space("cpu", 10)
+    assert short_disk == [space.SPARE_RECENT]
+    assert err.value.what == "only 5.0 GB free where the Docker engine keeps images; a cpu build needs about 10.0 GB"
+    assert str(tmp_path) in err.value.where and "build_disk_gb" in err.value.where
+    assert "nox -s prune" in err.value.fix and space.NEED_ENV in err.value.fix
+
+
+def test_giving_back_enough_lets_the_build_go_on(short_disk):
+    space.ensure_space("cpu", 4)
+    assert short_disk == [space.SPARE_RECENT]
+
+
+def test_enough_space_or_no_check_touches_nothing(short_disk, monkeypatch):
+    space.ensure_space("cpu", 2)
+    monkeypatch.setenv(space.NEED_ENV, "0")
+    space.ensure_space("cpu", 10_000)
+    assert short_disk == []
+
+
+# --- against the real engine ----------------------------------------------------------------------------------
+
+
+def _tool(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tools", *args], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          env={**os.environ, "COLUMNS": "200", **env}, timeout=900, check=False)
+
+
+def _image(base: str, folder: Path, recipe: str, key: str, tags: list[str]) -> str:
+    """A config-only image on the base with our labels (no layer of its own: seconds to make)."""
+    (folder / "Dockerfile").write_text(f"FROM {base}\n")
+    iid = folder / f"{key}.iid"
+    args = ["buildx", "build", "--quiet", "--iidfile", str(iid), "--label", f"{L.RECIPE}={recipe}",
+            "--label", f"{L.CONTENT_KEY}={key}", *(a for t in tags for a in ("-t", t)), str(folder)]
+    docker.call(args, timeout=300)
+    return iid.read_text().strip()
+
+
+@pytest.mark.e2e
+def test_prune_removes_only_what_a_newer_build_replaced(debian_base, tmp_path):
+    recipe = f"prunetest-{secrets.token_hex(4)}"
+    repo = f"{LOCAL}/{recipe}"
+    old = _image(debian_base, tmp_path, recipe, "k1" * 32, [f"{repo}:k1"])
+    latest = _image(debian_base, tmp_path, recipe, "k2" * 32, [f"{repo}:k2", f"{repo}:latest"])
+    used = _image(debian_base, tmp_path, recipe, "k3" * 32, [f"{repo}:k3"])
+    pulled = _image(debian_base, tmp_path, recipe, "k4" * 32, [f"registry.invalid/{recipe}:1"])
+    container = docker.call(["create", "--label", docker.OWNER_LABEL, used, "true"]).stdout.strip()
+    try:
+        dry = _tool("prune", "--recipe", recipe, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would remove {old[7:19]} {repo}:k1" in dry.stderr
+        assert "1 superseded images would be removed" in dry.stderr
+        assert docker.image_exists(old)
+
+        done = _tool("prune", "--recipe", recipe, "--keep-cache", "100000")
+        assert done.returncode == 0, done.stderr
+        assert f"removed {old[7:19]} {repo}:k1" in done.stderr and "1 superseded images removed" in done.stderr
+        assert not docker.image_exists(old)
+        assert all(docker.image_exists(i) for i in (latest, used, pulled))
+    finally:
+        docker.call(["rm", "-f", container], check=False)
+        for ref in (f"{repo}:k1", f"{repo}:k2", f"{repo}:latest", f"{repo}:k3", f"registry.invalid/{recipe}:1"):
+            docker.call(["rmi", ref], check=False)
+
+
+@pytest.mark.e2e
+def test_a_build_the_disk_cannot_hold_stops_before_it_starts(debian_base, tmp_path):
+    # --no-cache: no image is reused by content key, so the build would really start
+    proc = _tool("build-cpu", "tiny-cpu", "--no-cache", FLAGREL_BUILD=str(tmp_path), FLAGREL_BUILD_DISK_GB="100000")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "a cpu build needs about 100000.0 GB" in proc.stderr
+    assert f"where: {docker.root_dir()}" in proc.stderr and "Traceback" not in proc.stderr
+    assert "giving back superseded images and build cache" in proc.stderr
+    assert not list((tmp_path / "logs").glob("*build-tiny-cpu*"))
+
+
+def test_an_engine_we_start_keeps_a_bounded_build_cache(tmp_path, monkeypatch):
+    from tools.mech import host
+
+    monkeypatch.setenv("FLAGREL_CACHE", str(tmp_path))
+    args = host._dockerd_args(tmp_path / "no-daemon.json")
+    assert args == ["dockerd", "--config-file", str(tmp_path / "dockerd.json")]
+    config = json.loads((tmp_path / "dockerd.json").read_text())
+    assert config == {"builder": {"gc": {"enabled": True, "defaultKeepStorage": "10GB"}}}
+    (tmp_path / "daemon.json").write_text("{}")
+    assert host._dockerd_args(tmp_path / "daemon.json") == ["dockerd"]  # the machine's own configuration wins
