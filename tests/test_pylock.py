@@ -78,6 +78,18 @@ def test_requirements_keep_hashes_and_leave_out_multinode():
     assert "ray==" in parsed.requirements(multinode=True)
 
 
+def test_the_multinode_part_completes_the_single_node_set_without_overlap():
+    parsed = pylock.parse(_lock_text(), "cpu", "test")
+
+    def entries(text: str) -> set[str]:
+        return {line for line in text.splitlines() if not line.startswith("#")}
+
+    single, extra = entries(parsed.requirements(multinode=False)), entries(parsed.multinode_part())
+    assert extra and not single & extra
+    assert single | extra == entries(parsed.requirements(multinode=True))
+    assert any(line.startswith("ray==") for line in extra)
+
+
 def test_installed_set_comparison_names_every_difference():
     diff = facts.compare({"a": "1", "b": "2", "pip": "24"}, {"a": "1", "b": "3", "c": "1"})
     assert diff == ["pip 24 installed, not in the lock", "c 1 locked, not installed", "b 2 installed, 3 locked"]

@@ -69,6 +69,23 @@ def test_cpu_installs_only_from_its_lock():
     assert "venv --without-pip" in text  # the installed set is exactly the lock
 
 
+def test_a_multinode_image_starts_with_every_install_layer_of_the_single_node_one():
+    """Ray goes on top: both images share the multi-GB locked install (one cached layer, one copy on disk)."""
+    loaded = load_lock()
+
+    def dockerfile(name: str) -> list[str]:
+        recipe, path = load_recipe(name)
+        plan = make_plan(loaded, recipe, path, fixed_stack("cpu"), BuildOptions())
+        return render_dockerfile(plan, loaded).splitlines()
+
+    single, multi = dockerfile("tiny-cpu"), dockerfile("tiny-cpu-2node")
+    start = single.index(next(line for line in single if line.startswith("FROM ")))  # after the header comment
+    installed = next(i for i, line in enumerate(single) if "/locked/uv pip install" in line) + 1
+    assert multi[start:installed] == single[start:installed] and multi[start - 1] != single[start - 1]
+    assert "ray" not in "\n".join(multi[start:installed]).lower()
+    assert any("-r /locked-multinode/requirements.txt" in line for line in multi[installed:])
+
+
 def test_base_image_override_is_used():
     assert "FROM local/stand-in:1\n" in _render("nvidia", BuildOptions(base_image="local/stand-in:1"))
 

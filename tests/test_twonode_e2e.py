@@ -9,9 +9,11 @@ no container behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
+import secrets
 import socket
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import yaml
 
 from tools.core.errors import UserError
 from tools.core.recipe import load_recipe
-from tools.mech.docker import image_id, leftover_containers
+from tools.mech import docker
+from tools.mech.docker import image_id, inspect_image, leftover_containers
 from tools.stages import launch, results
 from tools.stages import smoke as smoke_stage
 from tools.stages.smoke import NAME_PREFIX, SmokeFailed, smoke
@@ -105,6 +108,33 @@ def test_flagscale_serve_starts_the_engine_from_the_baked_config(flagscale_run) 
 
 
 # ---- two nodes through Ray ---------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_two_node_image_shares_the_single_node_images_install_layers(tiny_cpu_image, tiny_cpu_2node_image):
+    """Ray and the ssh client go on top of the same locked install: one multi-GB layer on disk, not two.
+
+    Compared with a tiny-cpu build made now from the same BuildKit cache (under a throw-away content key, so
+    it is built, not found): earlier tests rebuild tiny-cpu without cache, so the session's tiny-cpu image
+    need not be the lineage the cache holds."""
+    from tools.pipeline import context_for
+    from tools.stages.build import build_image
+    from tools.stages.plan import BuildOptions, plan_for
+
+    def layers(ref: str) -> list[str]:
+        return inspect_image(ref)["RootFS"]["Layers"]
+
+    plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
+    ctx = context_for(plan, loaded, recipe_file, BuildOptions())
+    probe = build_image(dataclasses.replace(ctx, content_key=secrets.token_hex(32)), BuildOptions(), revision="probe")
+    try:
+        single, multi = layers(probe.key_ref), layers(tiny_cpu_2node_image[1].key_ref)
+    finally:
+        docker.call(["tag", tiny_cpu_image[1].image_id, tiny_cpu_image[1].ref])  # :latest back to the session's
+        docker.call(["rmi", probe.key_ref], check=False)
+    # all but the single-node image's last three (patched overlay, FlagScale config, the proving RUN)
+    assert multi[:len(single) - 3] == single[:-3]
+    assert len(multi) == len(single) + 2  # Ray's locked part, the ssh client
 
 
 @pytest.fixture(scope="module")

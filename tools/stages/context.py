@@ -146,7 +146,7 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
         entry.chmod(0o755)
 
     if is_locked(plan):
-        _locked_folder(plan, directory / "locked")
+        _locked_folder(plan, directory)
     dockerfile = directory / "Dockerfile"
     text = render_dockerfile(plan, loaded)
     dockerfile.write_text(text)
@@ -155,14 +155,20 @@ def prepare_context(plan: BuildPlan, loaded: LoadedLock, recipe_file: Path, opti
     return BuildContext(plan=plan, directory=directory, dockerfile=dockerfile, content_key=key)
 
 
-def _locked_folder(plan: BuildPlan, dest: Path) -> None:
-    """locked/: this image's part of locks/<vendor>.txt and the uv binary, bind-mounted by the install step
-    (both are context bytes, so the content key covers the lock and the uv that installs it)."""
+def _locked_folder(plan: BuildPlan, directory: Path) -> None:
+    """locked/: the single-node part of locks/<vendor>.txt and the uv binary, bind-mounted by the install
+    step (context bytes, so the content key covers the lock and the uv that installs it); a multi-node
+    image's Ray part in locked-multinode/, installed by a later step, so that both images share the big
+    layer."""
     found = pylock.load(plan.vendor)
     assert found is not None
+    dest = directory / "locked"
     dest.mkdir()
-    (dest / "requirements.txt").write_text(found.requirements(multinode=plan.nnodes > 1), encoding="utf-8")
+    (dest / "requirements.txt").write_text(found.requirements(multinode=False), encoding="utf-8")
     _link(pylock.uv_binary(), dest / "uv")
+    if plan.nnodes > 1:
+        (directory / "locked-multinode").mkdir()
+        (directory / "locked-multinode" / "requirements.txt").write_text(found.multinode_part(), encoding="utf-8")
 
 
 def content_key(directory: Path, plan: BuildPlan, recipe_file: Path, options: BuildOptions) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,11 +66,20 @@ class PyLock:
 
     def requirements(self, *, multinode: bool) -> str:
         """The hash-checked requirements an image installs (uv pip install --require-hashes --no-deps)."""
-        lines = [f"# from locks/{self.vendor}.txt (multi-node part {'in' if multinode else 'left out'})"]
+        return self._requirements(f"multi-node part {'in' if multinode else 'left out'}",
+                                  lambda section: multinode or section != "multi-node")
+
+    def multinode_part(self) -> str:
+        """Only the multi-node part: a multi-node image installs it in a layer of its own, over the same
+        single-node layer (same bytes, one cached layer for both images)."""
+        return self._requirements("multi-node part only", lambda section: section == "multi-node")
+
+    def _requirements(self, what: str, take: Callable[[str], bool]) -> str:
+        lines = [f"# from locks/{self.vendor}.txt ({what})"]
         for entry in sorted(self.entries.values(), key=lambda e: normalize(e.name)):
-            if entry.section == "multi-node" and not multinode:
-                continue
-            lines.append(f"{entry.name}=={entry.version} " + " ".join(f"--hash=sha256:{h}" for h in entry.hashes))
+            if take(entry.section):
+                hashes = " ".join(f"--hash=sha256:{h}" for h in entry.hashes)
+                lines.append(f"{entry.name}=={entry.version} {hashes}")
         return "\n".join(lines) + "\n"
 
 
