@@ -101,17 +101,19 @@ def test_vendor_table_refuses_a_senseless_disk_estimate():
 
 @pytest.fixture
 def short_disk(monkeypatch, tmp_path):
-    """An engine folder with 3 GB free, 5 GB after giving back."""
-    free = iter([3 * space.GB, 5 * space.GB])
+    """An engine folder with 3 GB free, 5 GB after giving back images, 6 GB with the build cache emptied."""
+    free = iter([3 * space.GB, 5 * space.GB, 6 * space.GB])
     monkeypatch.setattr(docker, "root_dir", lambda: tmp_path)
     monkeypatch.setattr(space, "free_bytes", lambda folder: next(free))
-    calls: list[timedelta | None] = []
+    calls: list[object] = []
 
     def reclaim(**kw):
         calls.append(kw.get("spare_recent"))
         return space.Reclaimed((), (), 3 * space.GB, 5 * space.GB)
 
     monkeypatch.setattr(space, "reclaim", reclaim)
+    monkeypatch.setattr(docker, "prune_build_cache", lambda keep: calls.append(f"cache kept: {keep}"))
+    monkeypatch.setattr(docker, "build_cache_bytes", lambda: 1 * space.GB)
     monkeypatch.delenv(space.NEED_ENV, raising=False)
     return calls
 
@@ -119,15 +121,31 @@ def short_disk(monkeypatch, tmp_path):
 def test_a_build_short_of_space_gives_back_first_and_then_stops_with_one_message(short_disk, tmp_path):
     with pytest.raises(UserError) as err:
         space.ensure_space("cpu", 10)
-    assert short_disk == [space.SPARE_RECENT]
+    assert short_disk == [space.SPARE_RECENT]  # 5 GB + a 1 GB cache cannot make 10: the cache is kept
     assert err.value.what == "only 5.0 GB free where the Docker engine keeps images; a cpu build needs about 10.0 GB"
     assert str(tmp_path) in err.value.where and "build_disk_gb" in err.value.where
     assert "nox -s prune" in err.value.fix and space.NEED_ENV in err.value.fix
 
 
-def test_giving_back_enough_lets_the_build_go_on(short_disk):
+def test_giving_back_images_is_enough(short_disk):
     space.ensure_space("cpu", 4)
     assert short_disk == [space.SPARE_RECENT]
+
+
+def test_the_build_cache_is_emptied_only_when_that_makes_room(short_disk):
+    space.ensure_space("cpu", 5.5)  # 3 -> 5 after images, 6 with the cache emptied
+    assert short_disk == [space.SPARE_RECENT, "cache kept: 0"]
+
+
+@pytest.mark.parametrize("row, size", [
+    ('{"Type":"Build Cache","Reclaimable":"7.613GB","Size":"7.613GB"}', 7_613_000_000),
+    ('{"Type":"Build Cache","Reclaimable":"512.5kB","Size":"1GB"}', 512_500),
+    ('{"Type":"Build Cache","Reclaimable":"0B","Size":"0B"}', 0),
+    ('{"Type":"Images","Reclaimable":"3GB (100%)","Size":"3GB"}', 0),
+])
+def test_the_build_cache_size_is_read_from_docker(monkeypatch, row, size):
+    monkeypatch.setattr(docker, "call", lambda args, **kw: subprocess.CompletedProcess(args, 0, row + "\n", ""))
+    assert docker.build_cache_bytes() == size
 
 
 def test_enough_space_or_no_check_touches_nothing(short_disk, monkeypatch):

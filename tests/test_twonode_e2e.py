@@ -9,7 +9,6 @@ no container behind.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -111,27 +110,35 @@ def test_flagscale_serve_starts_the_engine_from_the_baked_config(flagscale_run) 
 
 
 @pytest.mark.e2e
-def test_the_two_node_image_shares_the_single_node_images_install_layers(tiny_cpu_image, tiny_cpu_2node_image):
+def test_the_two_node_image_shares_the_single_node_images_install_layers(tiny_cpu_image, tiny_cpu_2node_image,
+                                                                         debian_base, tmp_path):
     """Ray and the ssh client go on top of the same locked install: one multi-GB layer on disk, not two.
 
-    Compared with a tiny-cpu build made now from the same BuildKit cache (under a throw-away content key, so
-    it is built, not found): earlier tests rebuild tiny-cpu without cache, so the session's tiny-cpu image
-    need not be the lineage the cache holds."""
+    Both images are built here on a base of their own (the session's base plus a one-line file: new cache
+    keys from the first step on). With the cache that earlier builds left, BuildKit would pick, for each image, the
+    cached lineage that reaches deepest, and the no-cache rebuilds of other tests leave several."""
     from tools.pipeline import context_for
     from tools.stages.build import build_image
     from tools.stages.plan import BuildOptions, plan_for
 
-    def layers(ref: str) -> list[str]:
-        return inspect_image(ref)["RootFS"]["Layers"]
-
-    plan, loaded, _, recipe_file = plan_for("tiny-cpu", "cpu", BuildOptions())
-    ctx = context_for(plan, loaded, recipe_file, BuildOptions())
-    probe = build_image(dataclasses.replace(ctx, content_key=secrets.token_hex(32)), BuildOptions(), revision="probe")
+    base = f"flagrel-probe-base:{secrets.token_hex(4)}"
+    (tmp_path / "probe").write_text(base)
+    (tmp_path / "Dockerfile").write_text(f"FROM {debian_base}\nCOPY probe /etc/flagrelease-probe\n")
+    docker.call(["buildx", "build", "--quiet", "-t", base, str(tmp_path)], timeout=300)
+    options = BuildOptions(base_image=base)
+    layers: dict[str, list[str]] = {}
+    probes: list[str] = []
     try:
-        single, multi = layers(probe.key_ref), layers(tiny_cpu_2node_image[1].key_ref)
+        for recipe in ("tiny-cpu", "tiny-cpu-2node"):
+            plan, loaded, _, recipe_file = plan_for(recipe, "cpu", options)
+            probe = build_image(context_for(plan, loaded, recipe_file, options), options, revision="layer probe")
+            probes += [probe.key_ref, probe.image_id]
+            layers[recipe] = inspect_image(probe.image_id)["RootFS"]["Layers"]
     finally:
-        docker.call(["tag", tiny_cpu_image[1].image_id, tiny_cpu_image[1].ref])  # :latest back to the session's
-        docker.call(["rmi", probe.key_ref], check=False)
+        for _, image in (tiny_cpu_image, tiny_cpu_2node_image):  # :latest back to the session's images
+            docker.call(["tag", image.image_id, image.ref])
+        docker.call(["rmi", *probes, base], check=False)  # by tag and id: no untagged image stays behind
+    single, multi = layers["tiny-cpu"], layers["tiny-cpu-2node"]
     # all but the single-node image's last three (patched overlay, FlagScale config, the proving RUN)
     assert multi[:len(single) - 3] == single[:-3]
     assert len(multi) == len(single) + 2  # Ray's locked part, the ssh client

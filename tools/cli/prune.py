@@ -56,6 +56,9 @@ def command(name: str, args: argparse.Namespace) -> int:
         given = max(done.free_after - done.free_before, 0) / space.GB
         info(f"{len(done.removed)} superseded images removed, build cache trimmed to {args.keep_cache:g} GB: "
              f"{given:.1f} GB given back, {done.free_after / space.GB:.1f} GB free")
+        if done.removed and given < 0.1 and args.keep_cache > 0:
+            info("  (a removed image's layers stay on disk while BuildKit's cache holds them: --keep-cache 0 "
+                 "frees them, and the cache's downloads with them)")
     if done.kept:
         raise UserError(f"{len(done.kept)} superseded images could not be removed", where="docker rmi",
                         fix="stop the containers that use them (docker ps -a), then run prune again")

@@ -383,6 +383,21 @@ def prune_build_cache(keep_bytes: int) -> None:
     call(["builder", "prune", "--force", "--keep-storage", str(keep_bytes)], timeout=600)
 
 
+_SIZE = re.compile(r"([0-9.]+)\s*([kMGTP]?B)")
+_UNITS = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15}
+
+
+def build_cache_bytes() -> int:
+    """What emptying BuildKit's cache would free (`docker system df`: the cache's own snapshots, not the
+    layers that images share with it); 0 when the engine does not say."""
+    proc = call(["system", "df", "--format", "{{json .}}"], check=False)
+    for line in proc.stdout.splitlines():
+        row = json.loads(line)
+        if row.get("Type") == "Build Cache" and (size := _SIZE.match(row.get("Reclaimable", ""))):
+            return int(float(size.group(1)) * _UNITS[size.group(2)])
+    return 0
+
+
 def root_dir() -> Path | None:
     """The engine's storage folder, when the engine is on this machine (a remote engine's disk is not ours to
     measure)."""

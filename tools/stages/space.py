@@ -144,6 +144,12 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
     done = reclaim(spare_recent=SPARE_RECENT)
     free = free_bytes(root) or 0
     info(f"  {len(done.removed)} images removed, {_gb(max(free - done.free_before, 0))} given back")
+    # a removed image's layers stay on disk while the build cache holds them, and so do its downloads: empty
+    # it, but only when that can make room (a build that cannot start anyway keeps its cache)
+    if free < need and free + docker.build_cache_bytes() >= need:
+        info("  still short: emptying the build cache (this build downloads and installs afresh)")
+        docker.prune_build_cache(0)
+        free = free_bytes(root) or 0
     if free < need:
         raise UserError(
             f"only {_gb(free)} free where the Docker engine keeps images; a {vendor} build needs about {_gb(need)}",
