@@ -18,7 +18,7 @@ from tools import PROJECT_ROOT
 from tools.core import labels as L
 from tools.core.errors import UserError
 from tools.core.vendor_model import VendorInfo
-from tools.mech import docker
+from tools.mech import docker, engine_store
 from tools.stages import space
 
 A, B, C, D = ("sha256:" + ch * 64 for ch in "abcd")
@@ -58,19 +58,20 @@ def test_a_pushed_copy_of_a_replaced_build_goes_with_it():
     ("garbage", datetime.min.replace(tzinfo=UTC)),
 ])
 def test_docker_times_are_read_with_their_zone(text, when):
-    assert docker._timestamp(text) == when
+    assert engine_store._timestamp(text) == when
 
 
 def test_recently_used_images_are_spared_when_asked(monkeypatch, tmp_path):
     now = datetime.now(UTC)
-    monkeypatch.setattr(docker, "root_dir", lambda: tmp_path)
-    monkeypatch.setattr(docker, "labelled_images", lambda label: [(A, f"{LOCAL}/r:k1"), (C, f"{LOCAL}/r:k3")])
-    monkeypatch.setattr(docker, "container_image_ids", set)
-    monkeypatch.setattr(docker, "last_used", lambda ids: {A: now - timedelta(hours=3), C: now - timedelta(minutes=5)})
+    monkeypatch.setattr(engine_store, "root_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_store, "labelled_images", lambda label: [(A, f"{LOCAL}/r:k1"), (C, f"{LOCAL}/r:k3")])
+    monkeypatch.setattr(engine_store, "container_image_ids", set)
+    used = {A: now - timedelta(hours=3), C: now - timedelta(minutes=5)}
+    monkeypatch.setattr(engine_store, "last_used", lambda ids: used)
     removed: list[tuple[str, ...]] = []
-    monkeypatch.setattr(docker, "untag", lambda refs: removed.append(tuple(refs)) or True)
+    monkeypatch.setattr(engine_store, "untag", lambda refs: removed.append(tuple(refs)) or True)
     trimmed: list[int] = []
-    monkeypatch.setattr(docker, "prune_build_cache", trimmed.append)
+    monkeypatch.setattr(engine_store, "prune_build_cache", trimmed.append)
     done = space.reclaim(spare_recent=timedelta(hours=1), keep_cache_gb=2)
     assert removed == [(f"{LOCAL}/r:k1",)] and [s.image_id for s in done.removed] == [A]
     assert trimmed == [2 * space.GB]
@@ -103,7 +104,7 @@ def test_vendor_table_refuses_a_senseless_disk_estimate():
 def short_disk(monkeypatch, tmp_path):
     """An engine folder with 3 GB free, 5 GB after giving back images, 6 GB with the build cache emptied."""
     free = iter([3 * space.GB, 5 * space.GB, 6 * space.GB])
-    monkeypatch.setattr(docker, "root_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_store, "root_dir", lambda: tmp_path)
     monkeypatch.setattr(space, "free_bytes", lambda folder: next(free))
     calls: list[object] = []
 
@@ -112,8 +113,8 @@ def short_disk(monkeypatch, tmp_path):
         return space.Reclaimed((), (), 3 * space.GB, 5 * space.GB)
 
     monkeypatch.setattr(space, "reclaim", reclaim)
-    monkeypatch.setattr(docker, "prune_build_cache", lambda keep: calls.append(f"cache kept: {keep}"))
-    monkeypatch.setattr(docker, "build_cache_bytes", lambda: 1 * space.GB)
+    monkeypatch.setattr(engine_store, "prune_build_cache", lambda keep: calls.append(f"cache kept: {keep}"))
+    monkeypatch.setattr(engine_store, "build_cache_bytes", lambda: 1 * space.GB)
     monkeypatch.delenv(space.NEED_ENV, raising=False)
     return calls
 
@@ -145,7 +146,7 @@ def test_the_build_cache_is_emptied_only_when_that_makes_room(short_disk):
 ])
 def test_the_build_cache_size_is_read_from_docker(monkeypatch, row, size):
     monkeypatch.setattr(docker, "call", lambda args, **kw: subprocess.CompletedProcess(args, 0, row + "\n", ""))
-    assert docker.build_cache_bytes() == size
+    assert engine_store.build_cache_bytes() == size
 
 
 def test_enough_space_or_no_check_touches_nothing(short_disk, monkeypatch):
@@ -206,7 +207,7 @@ def test_a_build_the_disk_cannot_hold_stops_before_it_starts(debian_base, tmp_pa
     proc = _tool("build-cpu", "tiny-cpu", "--no-cache", FLAGREL_BUILD=str(tmp_path), FLAGREL_BUILD_DISK_GB="100000")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "a cpu build needs about 100000.0 GB" in proc.stderr
-    assert f"where: {docker.root_dir()}" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"where: {engine_store.root_dir()}" in proc.stderr and "Traceback" not in proc.stderr
     assert "giving back superseded images and build cache" in proc.stderr
     assert not list((tmp_path / "logs").glob("*build-tiny-cpu*"))
 

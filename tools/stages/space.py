@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tools.core import labels as L
 from tools.core.errors import UserError
-from tools.mech import docker
+from tools.mech import engine_store
 from tools.mech.console import info
 from tools.mech.host import BUILD_CACHE_KEEP_GB
 
@@ -85,12 +85,12 @@ def reclaim(*, recipe: str | None = None, keep_cache_gb: float = KEEP_CACHE_GB, 
     """Remove superseded images of ours (of RECIPE only, when given) and trim BuildKit's cache to
     KEEP_CACHE_GB. With spare_recent, an image made or tagged within that time stays: another job on this
     engine may be about to validate it."""
-    root = docker.root_dir()
+    root = engine_store.root_dir()
     before = free_bytes(root) if root else None
     label = f"{L.RECIPE}={recipe}" if recipe else L.CONTENT_KEY
-    stale = superseded(docker.labelled_images(label), docker.container_image_ids())
+    stale = superseded(engine_store.labelled_images(label), engine_store.container_image_ids())
     if spare_recent is not None:
-        used = docker.last_used([image.image_id for image in stale])
+        used = engine_store.last_used([image.image_id for image in stale])
         since = datetime.now(UTC) - spare_recent
         stale = [image for image in stale if used.get(image.image_id, since) < since]
     removed: list[Superseded] = []
@@ -100,13 +100,13 @@ def reclaim(*, recipe: str | None = None, keep_cache_gb: float = KEEP_CACHE_GB, 
         if dry_run:
             info(f"  would remove {image.image_id[7:19]} {names}")
             removed.append(image)
-        elif docker.untag(image.refs or (image.image_id,)):
+        elif engine_store.untag(image.refs or (image.image_id,)):
             info(f"  removed {image.image_id[7:19]} {names}")
             removed.append(image)
         else:
             kept.append(image)
     if not dry_run:
-        docker.prune_build_cache(int(keep_cache_gb * GB))
+        engine_store.prune_build_cache(int(keep_cache_gb * GB))
     after = free_bytes(root) if root else None
     return Reclaimed(tuple(removed), tuple(kept), before or 0, after or 0)
 
@@ -135,7 +135,7 @@ def gigabytes(text: str) -> float:
 def ensure_space(vendor: str, vendor_gb: float) -> None:
     """Stop before a build that would run out of disk; take back superseded images and cache first."""
     need = needed_bytes(vendor_gb)
-    root = docker.root_dir()
+    root = engine_store.root_dir()
     free = free_bytes(root) if root and need else None
     if free is None or free >= need:
         return
@@ -146,9 +146,9 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
     info(f"  {len(done.removed)} images removed, {_gb(max(free - done.free_before, 0))} given back")
     # a removed image's layers stay on disk while the build cache holds them, and so do its downloads: empty
     # it, but only when that can make room (a build that cannot start anyway keeps its cache)
-    if free < need and free + docker.build_cache_bytes() >= need:
+    if free < need and free + engine_store.build_cache_bytes() >= need:
         info("  still short: emptying the build cache (this build downloads and installs afresh)")
-        docker.prune_build_cache(0)
+        engine_store.prune_build_cache(0)
         free = free_bytes(root) or 0
     if free < need:
         raise UserError(
