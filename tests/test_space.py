@@ -123,7 +123,7 @@ def test_a_build_short_of_space_gives_back_first_and_then_stops_with_one_message
     with pytest.raises(UserError) as err:
         space.ensure_space("cpu", 10)
     assert short_disk == [space.SPARE_RECENT]  # 5 GB + a 1 GB cache cannot make 10: the cache is kept
-    assert err.value.what == "only 5.0 GB free where the Docker engine keeps images; a cpu build needs about 10.0 GB"
+    assert err.value.what == "only 5.0 GB free where the Docker engine keeps images; this cpu build needs about 10.0 GB"
     assert str(tmp_path) in err.value.where and "build_disk_gb" in err.value.where
     assert "nox -s prune" in err.value.fix and space.NEED_ENV in err.value.fix
 
@@ -206,7 +206,7 @@ def test_a_build_the_disk_cannot_hold_stops_before_it_starts(debian_base, tmp_pa
     # --no-cache: no image is reused by content key, so the build would really start
     proc = _tool("build-cpu", "tiny-cpu", "--no-cache", FLAGREL_BUILD=str(tmp_path), FLAGREL_BUILD_DISK_GB="100000")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "a cpu build needs about 100000.0 GB" in proc.stderr
+    assert "this cpu build needs about 100000.0 GB" in proc.stderr
     assert f"where: {engine_store.root_dir()}" in proc.stderr and "Traceback" not in proc.stderr
     assert "giving back superseded images and build cache" in proc.stderr
     assert not list((tmp_path / "logs").glob("*build-tiny-cpu*"))

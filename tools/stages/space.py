@@ -139,7 +139,7 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
     free = free_bytes(root) if root and need else None
     if free is None or free >= need:
         return
-    info(f"  only {_gb(free)} free in {root}; a {vendor} build needs about {_gb(need)}: "
+    info(f"  only {_gb(free)} free in {root}; this {vendor} build needs about {_gb(need)}: "
          "giving back superseded images and build cache")
     done = reclaim(spare_recent=SPARE_RECENT)
     free = free_bytes(root) or 0
@@ -152,7 +152,7 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
         free = free_bytes(root) or 0
     if free < need:
         raise UserError(
-            f"only {_gb(free)} free where the Docker engine keeps images; a {vendor} build needs about {_gb(need)}",
+            f"only {_gb(free)} free where the Docker engine keeps images; this {vendor} build needs about {_gb(need)}",
             where=f"{root} (the engine's storage; vendors.toml {vendor}.build_disk_gb)",
             fix="free disk space there (`docker system df` shows what the engine holds; `nox -s prune` "
                 f"gives back what this tool built and no longer uses), or set {NEED_ENV} to a smaller "
