@@ -9,7 +9,6 @@ import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -102,8 +101,9 @@ def test_vendor_table_refuses_a_senseless_disk_estimate():
 
 @pytest.fixture
 def short_disk(monkeypatch, tmp_path):
-    """An engine folder with 3 GB free, 5 GB after giving back images, 6 GB with the build cache emptied."""
-    free = iter([3 * space.GB, 5 * space.GB, 6 * space.GB])
+    """An engine folder with 3 GB free, 5 GB after giving back images (what reclaim reports), 6 GB with the
+    build cache emptied."""
+    free = iter([3 * space.GB, 6 * space.GB])
     monkeypatch.setattr(engine_store, "root_dir", lambda: tmp_path)
     monkeypatch.setattr(space, "free_bytes", lambda folder: next(free))
     calls: list[object] = []
@@ -164,24 +164,17 @@ def _tool(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "COLUMNS": "200", **env}, timeout=900, check=False)
 
 
-def _image(base: str, folder: Path, recipe: str, key: str, tags: list[str]) -> str:
-    """A config-only image on the base with our labels (no layer of its own: seconds to make)."""
-    (folder / "Dockerfile").write_text(f"FROM {base}\n")
-    iid = folder / f"{key}.iid"
-    args = ["buildx", "build", "--quiet", "--iidfile", str(iid), "--label", f"{L.RECIPE}={recipe}",
-            "--label", f"{L.CONTENT_KEY}={key}", *(a for t in tags for a in ("-t", t)), str(folder)]
-    docker.call(args, timeout=300)
-    return iid.read_text().strip()
-
-
 @pytest.mark.e2e
-def test_prune_removes_only_what_a_newer_build_replaced(debian_base, tmp_path):
+def test_prune_removes_only_what_a_newer_build_replaced(debian_base):
     recipe = f"prunetest-{secrets.token_hex(4)}"
     repo = f"{LOCAL}/{recipe}"
-    old = _image(debian_base, tmp_path, recipe, "k1" * 32, [f"{repo}:k1"])
-    latest = _image(debian_base, tmp_path, recipe, "k2" * 32, [f"{repo}:k2", f"{repo}:latest"])
-    used = _image(debian_base, tmp_path, recipe, "k3" * 32, [f"{repo}:k3"])
-    pulled = _image(debian_base, tmp_path, recipe, "k4" * 32, [f"registry.invalid/{recipe}:1"])
+    def image(key: str, tags: list[str]) -> str:  # config-only images on the base: seconds to make
+        return docker.relabel(debian_base, {L.RECIPE: recipe, L.CONTENT_KEY: key * 32}, tags)
+
+    old = image("k1", [f"{repo}:k1"])
+    latest = image("k2", [f"{repo}:k2", f"{repo}:latest"])
+    used = image("k3", [f"{repo}:k3"])
+    pulled = image("k4", [f"registry.invalid/{recipe}:1"])
     container = docker.call(["create", "--label", docker.OWNER_LABEL, used, "true"]).stdout.strip()
     try:
         dry = _tool("prune", "--recipe", recipe, "--dry-run")
@@ -222,3 +215,24 @@ def test_an_engine_we_start_keeps_a_bounded_build_cache(tmp_path, monkeypatch):
     assert config == {"builder": {"gc": {"enabled": True, "defaultKeepStorage": "10GB"}}}
     (tmp_path / "daemon.json").write_text("{}")
     assert host._dockerd_args(tmp_path / "daemon.json") == ["dockerd"]  # the machine's own configuration wins
+
+
+def test_prune_says_when_the_engines_disk_is_not_here(monkeypatch, capsys):
+    import argparse
+
+    from tools.cli import prune
+    from tools.mech import host
+
+    monkeypatch.setattr(host, "ensure_engine", lambda: None)
+    gone = space.Superseded(A, (f"{LOCAL}/r:k1",))
+    monkeypatch.setattr(space, "reclaim", lambda **kw: space.Reclaimed((gone,), (), None, None))
+    args = argparse.Namespace(recipe=None, keep_cache=10.0, dry_run=False)
+    assert prune.command("prune", args) == 0
+    said = capsys.readouterr().err
+    assert "1 superseded images removed" in said and "not known here" in said and "0.0 GB free" not in said
+
+
+def test_a_bad_disk_override_stops_even_a_dry_run(tmp_path):
+    proc = _tool("build-cpu", "tiny-cpu", "--dry-run", FLAGREL_BUILD=str(tmp_path), FLAGREL_BUILD_DISK_GB="lots")
+    assert proc.returncode == 2 and "FLAGREL_BUILD_DISK_GB='lots' is not a number of GB" in proc.stderr
+    assert "Traceback" not in proc.stderr and "FROM " not in proc.stdout

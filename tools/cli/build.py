@@ -114,6 +114,9 @@ def command(name: str, args: argparse.Namespace) -> int:
     vendor = name.removeprefix("build-")
     if vendor not in vendors.names():
         raise UserError(f"unknown build session {name}", fix=f"use build-{'/build-'.join(vendors.names())}")
+    from tools.stages import space
+
+    space.needed_bytes(vendors.get(vendor).build_disk_gb)  # FLAGREL_BUILD_DISK_GB, checked before any work
     if args.dry_run:
         render(args.recipe, vendor, options, write=False)
         return 0

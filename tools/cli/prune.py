@@ -25,9 +25,11 @@ def _gb(text: str) -> float:
 
 
 def _recipe(text: str) -> str:
-    # the recipe grammar (tools/core/recipe.py Name); the recipe itself may be gone from recipes/ by now
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", text):
-        raise argparse.ArgumentTypeError(f"{text[:70]!r} is not a recipe name (lower-case letters, digits, . _ -)")
+    # the recipe name grammar, not load_recipe: the recipe itself may be gone from recipes/ by now
+    from tools.core.recipe import NAME_PATTERN, NAME_RULE
+
+    if not re.fullmatch(NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text[:70]!r} is not {NAME_RULE}")
     return text
 
 
@@ -48,15 +50,18 @@ def command(name: str, args: argparse.Namespace) -> int:
     with phase("Giving back disk: superseded images of ours, build cache"):
         done = space.reclaim(recipe=args.recipe, keep_cache_gb=args.keep_cache, dry_run=args.dry_run)
     for image in done.kept:
-        info(f"  kept {image.image_id[7:19]} {', '.join(image.refs)}: the engine refused (in use?)")
+        info(f"  kept {image.describe()}: the engine refused (in use?)")
     if args.dry_run:
         info(f"{len(done.removed)} superseded images would be removed and the build cache trimmed to "
              f"{args.keep_cache:g} GB (dry run: nothing changed)")
+    elif done.free_before is None or done.free_after is None:
+        info(f"{len(done.removed)} superseded images removed, build cache trimmed to {args.keep_cache:g} GB "
+             "(the engine's disk is not on this machine: how much was given back is not known here)")
     else:
-        given = max(done.free_after - done.free_before, 0) / space.GB
+        given = max(done.free_after - done.free_before, 0)
         info(f"{len(done.removed)} superseded images removed, build cache trimmed to {args.keep_cache:g} GB: "
-             f"{given:.1f} GB given back, {done.free_after / space.GB:.1f} GB free")
-        if done.removed and given < 0.1 and args.keep_cache > 0:
+             f"{space.gb(given)} given back, {space.gb(done.free_after)} free")
+        if done.removed and given < 0.1 * space.GB and args.keep_cache > 0:
             info("  (a removed image's layers stay on disk while BuildKit's cache holds them: --keep-cache 0 "
                  "frees them, and the cache's downloads with them)")
     if done.kept:

@@ -17,7 +17,9 @@ from tools.core.yamlfile import load_yaml
 
 # Every value that reaches a Dockerfile, a command line, a generated script or a card has a grammar here;
 # where it lands it is also quoted for that place (shell, Python, YAML, Markdown: tools/stages/card.py).
-Name = grammar(r"[a-z0-9][a-z0-9._-]{0,63}", "a name (lower-case letters, digits, . _ -; at most 64)")
+NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+NAME_RULE = "a name (lower-case letters, digits, . _ -; at most 64)"
+Name = grammar(NAME_PATTERN, NAME_RULE)
 TagName = grammar(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", "a docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})")
 # what clients send as "model": Hugging Face style ids, plain names and paths (vLLM's default name)
 _COMPONENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"

@@ -128,7 +128,7 @@ def build_image(ctx: BuildContext, options: BuildOptions, *, revision: str) -> B
             fix=f"build each with --platform (one of {', '.join(plan.platforms)})",
         )
 
-    space.ensure_space(plan.vendor, vendors.table()[plan.vendor].build_disk_gb)
+    space.ensure_space(plan.vendor, vendors.get(plan.vendor).build_disk_gb)
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     log = new_log(f"build-{plan.recipe}")
     with tempfile.TemporaryDirectory(prefix="flagrel-secrets-") as secrets_dir:

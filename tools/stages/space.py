@@ -37,13 +37,16 @@ class Superseded:
     image_id: str
     refs: tuple[str, ...]  # its tags (none: an untagged image of ours)
 
+    def describe(self) -> str:
+        return f"{self.image_id[7:19]} {', '.join(self.refs) or '(untagged)'}"
+
 
 @dataclass(frozen=True)
 class Reclaimed:
     removed: tuple[Superseded, ...]
     kept: tuple[Superseded, ...]  # the engine refused to remove them (in use meanwhile)
-    free_before: int
-    free_after: int
+    free_before: int | None  # None: the engine's disk is not on this machine
+    free_after: int | None
 
 
 def hold(image_id: str) -> None:
@@ -76,16 +79,16 @@ def free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _gb(n: int) -> str:
+def gb(n: int) -> str:
     return f"{n / GB:.1f} GB"
 
 
 def reclaim(*, recipe: str | None = None, keep_cache_gb: float = KEEP_CACHE_GB, dry_run: bool = False,
-            spare_recent: timedelta | None = None) -> Reclaimed:
+            spare_recent: timedelta | None = None, root: Path | None = None) -> Reclaimed:
     """Remove superseded images of ours (of RECIPE only, when given) and trim BuildKit's cache to
     KEEP_CACHE_GB. With spare_recent, an image made or tagged within that time stays: another job on this
-    engine may be about to validate it."""
-    root = engine_store.root_dir()
+    engine may be about to validate it. ROOT: the engine's storage folder, when the caller has asked."""
+    root = root or engine_store.root_dir()
     before = free_bytes(root) if root else None
     label = f"{L.RECIPE}={recipe}" if recipe else L.CONTENT_KEY
     stale = superseded(engine_store.labelled_images(label), engine_store.container_image_ids())
@@ -96,19 +99,18 @@ def reclaim(*, recipe: str | None = None, keep_cache_gb: float = KEEP_CACHE_GB, 
     removed: list[Superseded] = []
     kept: list[Superseded] = []
     for image in stale:
-        names = ", ".join(image.refs) or "(untagged)"
         if dry_run:
-            info(f"  would remove {image.image_id[7:19]} {names}")
+            info(f"  would remove {image.describe()}")
             removed.append(image)
         elif engine_store.untag(image.refs or (image.image_id,)):
-            info(f"  removed {image.image_id[7:19]} {names}")
+            info(f"  removed {image.describe()}")
             removed.append(image)
         else:
             kept.append(image)
     if not dry_run:
         engine_store.prune_build_cache(int(keep_cache_gb * GB))
     after = free_bytes(root) if root else None
-    return Reclaimed(tuple(removed), tuple(kept), before or 0, after or 0)
+    return Reclaimed(tuple(removed), tuple(kept), before, after)
 
 
 def needed_bytes(vendor_gb: float) -> int:
@@ -139,11 +141,11 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
     free = free_bytes(root) if root and need else None
     if free is None or free >= need:
         return
-    info(f"  only {_gb(free)} free in {root}; this {vendor} build needs about {_gb(need)}: "
+    info(f"  only {gb(free)} free in {root}; this {vendor} build needs about {gb(need)}: "
          "giving back superseded images and build cache")
-    done = reclaim(spare_recent=SPARE_RECENT)
-    free = free_bytes(root) or 0
-    info(f"  {len(done.removed)} images removed, {_gb(max(free - done.free_before, 0))} given back")
+    done = reclaim(spare_recent=SPARE_RECENT, root=root)
+    free = done.free_after or 0
+    info(f"  {len(done.removed)} images removed, {gb(max(free - (done.free_before or free), 0))} given back")
     # a removed image's layers stay on disk while the build cache holds them, and so do its downloads: empty
     # it, but only when that can make room (a build that cannot start anyway keeps its cache)
     if free < need and free + engine_store.build_cache_bytes() >= need:
@@ -152,7 +154,7 @@ def ensure_space(vendor: str, vendor_gb: float) -> None:
         free = free_bytes(root) or 0
     if free < need:
         raise UserError(
-            f"only {_gb(free)} free where the Docker engine keeps images; this {vendor} build needs about {_gb(need)}",
+            f"only {gb(free)} free where the Docker engine keeps images; this {vendor} build needs about {gb(need)}",
             where=f"{root} (the engine's storage; vendors.toml {vendor}.build_disk_gb)",
             fix="free disk space there (`docker system df` shows what the engine holds; `nox -s prune` "
                 f"gives back what this tool built and no longer uses), or set {NEED_ENV} to a smaller "
